@@ -1,0 +1,85 @@
+"""A tiny bidirectional transformer for mask diffusion (Sudoku, tests, benchmarks).
+
+Interface shared with every model the decoder and trainer take:
+``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]`` and
+``model.get_input_embeddings() -> nn.Embedding``. ``inputs_embeds`` are token embeddings only:
+positional embeddings are added inside, so History Reference residuals sit on the token embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TinyMDMConfig:
+    vocab_size: int = 11
+    max_len: int = 81
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: TinyMDMConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim), nn.GELU(), nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim)
+        )
+        self.dropout = cfg.dropout
+
+    def forward(self, h: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        B, L, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop)  # [B, h, L, d]
+        h = h + self.proj(a.transpose(1, 2).reshape(B, L, D))
+        return h + self.mlp(self.norm2(h))
+
+
+class TinyMDM(nn.Module):
+    def __init__(self, cfg: TinyMDMConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = cfg or TinyMDMConfig(**kwargs)
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"dim={cfg.dim} must be divisible by heads={cfg.heads}")
+        self.config = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(cfg.max_len, cfg.dim))
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.tok
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        h = self.tok(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
+        L = h.shape[1]
+        if L > self.config.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len={self.config.max_len}")
+        h = h + self.pos[:L].to(h.dtype)
+        bias = None
+        if attention_mask is not None:  # [B, L] 1 = attend; keys only (bidirectional)
+            bias = torch.zeros(attention_mask.shape, dtype=h.dtype, device=h.device)
+            bias = bias.masked_fill(~attention_mask.bool(), float("-inf"))[:, None, None, :]
+        for blk in self.blocks:
+            h = blk(h, bias)
+        return self.head(self.norm(h))  # [B, L, V]

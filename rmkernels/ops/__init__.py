@@ -1,0 +1,1 @@
+"""Kernels: one file per op (Triton kernel or C++ extension binding, launcher, autograd wrapper)."""

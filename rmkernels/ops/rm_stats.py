@@ -1,0 +1,412 @@
+"""Fused Reflective Masking statistics: one read of the logits per position (SPEC §1).
+
+Kernel layout
+-------------
+* ``_rm_stats_fused_kernel``: one program per row streams the vocabulary in ``BLOCK_V`` tiles and
+  keeps, per lane, a running max / sum (online softmax, float32) and two running argmaxes (full
+  vocabulary and mask excluded; strict ``>`` so the first, lowest id wins ties). Lanes are reduced
+  once at the end; ties between lanes go to the lowest id.
+* Split-vocabulary path for few rows (FlashInfer style): ``_rm_stats_partial_kernel`` maps
+  ``[N, S]`` programs over vocabulary slices and writes per-slice partials; ``_rm_stats_reduce_kernel``
+  merges the ``S`` partials of each row.
+* Both finish with four scalar gathers (``z[top]``, ``z[best]``, ``z[mask]``, ``z[cur]``) so the
+  probabilities are exact ``exp(z - m) / s`` in float32. The current token is bounds-checked
+  in the kernel: an out-of-range id is flagged in ``status`` and never dereferenced.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_index, check_same_device, check_tensor, resolve_impl
+from rmkernels.ops._triton_rng import gumbel, row_key
+from rmkernels.reference.rm_stats import (
+    STATUS_ALL_NEG_INF,
+    STATUS_NAN,
+    STATUS_TOKEN_RANGE,
+    rm_stats_reference,
+)
+from rmkernels.reference.rng import row_counters, seed_key
+
+__all__ = ["RMStats", "rm_stats"]
+
+
+class RMStats(NamedTuple):
+    """Per-position statistics, each shaped like ``tokens``.
+
+    Attributes
+    ----------
+    top_id : int64      argmax (or Gumbel-max candidate) over the full vocabulary, mask included
+    top_p : float32     ``p[top_id]``
+    mask_p : float32    ``p[mask_id]``
+    cur_p : float32     ``p[token]`` (equals ``mask_p`` where the token is the mask)
+    best_id : int64     the same candidate with the mask id excluded
+    best_p : float32    ``p[best_id]``
+    """
+
+    top_id: torch.Tensor
+    top_p: torch.Tensor
+    mask_p: torch.Tensor
+    cur_p: torch.Tensor
+    best_id: torch.Tensor
+    best_p: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _row_base(z_ptr, row, L1, stride0, stride1):
+    # rows are addressed through (at most) two leading strides: row = i0 * L1 + i1
+    return z_ptr + (row // L1).to(tl.int64) * stride0 + (row % L1).to(tl.int64) * stride1
+
+
+@triton.jit
+def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Scan columns [col_start, col_end) of one row; returns lane-reduced partials."""
+    NEG_INF: tl.constexpr = float("-inf")
+    lanes = tl.arange(0, BLOCK_V)
+    m_vec = tl.full([BLOCK_V], NEG_INF, tl.float32)
+    s_vec = tl.zeros([BLOCK_V], tl.float32)
+    top_val = tl.full([BLOCK_V], NEG_INF, tl.float32)
+    top_idx = col_start + lanes
+    best_val = tl.full([BLOCK_V], NEG_INF, tl.float32)
+    best_idx = col_start + lanes
+    nan_vec = tl.zeros([BLOCK_V], tl.int32)
+    for start in range(col_start, col_end, BLOCK_V):
+        cols = start + lanes
+        valid = cols < col_end
+        z = tl.load(base + cols, mask=valid, other=NEG_INF).to(tl.float32)
+        nan_vec = nan_vec | (z != z).to(tl.int32)
+        # online softmax, per lane; exp(-inf - -inf) is guarded to 0
+        m_new = tl.maximum(m_vec, z)
+        safe = m_new > NEG_INF
+        alpha = tl.where(safe, tl.exp(m_vec - m_new), 0.0)
+        beta = tl.where(safe, tl.exp(z - m_new), 0.0)
+        s_vec = s_vec * alpha + beta
+        m_vec = m_new
+        if SAMPLE:
+            score = tl.where(valid, z * inv_temp + gumbel(rkey, cols), NEG_INF)
+        else:
+            score = z
+        up = score > top_val
+        top_val = tl.where(up, score, top_val)
+        top_idx = tl.where(up, cols, top_idx)
+        score_nm = tl.where(cols == mask_id, NEG_INF, score)
+        up = score_nm > best_val
+        best_val = tl.where(up, score_nm, best_val)
+        best_idx = tl.where(up, cols, best_idx)
+    # lane reduction
+    m = tl.max(m_vec, axis=0)
+    s = tl.sum(tl.where(m_vec > NEG_INF, s_vec * tl.exp(m_vec - m), 0.0), axis=0)
+    tv = tl.max(top_val, axis=0)
+    ti = tl.min(tl.where(top_val == tv, top_idx, 2147483647), axis=0)
+    bv = tl.max(best_val, axis=0)
+    bi = tl.min(tl.where(best_val == bv, best_idx, 2147483647), axis=0)
+    has_nan = tl.max(nan_vec, axis=0)
+    return m, s, tv, ti, bv, bi, has_nan
+
+
+@triton.jit
+def _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr):
+    NEG_INF: tl.constexpr = float("-inf")
+    x = tl.load(x_ptr + row).to(tl.int64)
+    x_ok = (x >= 0) & (x < V)
+    status = has_nan * 1 + (m == NEG_INF).to(tl.int32) * 2 + (x_ok == 0).to(tl.int32) * 4
+    bad = status != 0
+    inv_s = 1.0 / s
+    z_top = tl.load(base + ti).to(tl.float32)
+    z_best = tl.load(base + bi).to(tl.float32)
+    z_mask = tl.load(base + mask_id).to(tl.float32)
+    z_cur = tl.load(base + tl.where(x_ok, x, 0)).to(tl.float32)  # never out of bounds
+    nan = float("nan")
+    tl.store(top_id_ptr + row, tl.where(bad, -1, ti.to(tl.int64)))
+    tl.store(best_id_ptr + row, tl.where(bad, -1, bi.to(tl.int64)))
+    tl.store(top_p_ptr + row, tl.where(bad, nan, tl.exp(z_top - m) * inv_s))
+    tl.store(best_p_ptr + row, tl.where(bad, nan, tl.exp(z_best - m) * inv_s))
+    tl.store(mask_p_ptr + row, tl.where(bad, nan, tl.exp(z_mask - m) * inv_s))
+    tl.store(cur_p_ptr + row, tl.where(bad, nan, tl.exp(z_cur - m) * inv_s))
+    tl.store(status_ptr + row, status)
+
+
+@triton.jit
+def _rm_stats_fused_kernel(
+    z_ptr, x_ptr, ctr_ptr,
+    top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
+    V, L1, stride0, stride1, mask_id, inv_temp, seed_key,
+    SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0)
+    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
+    m, s, tv, ti, bv, bi, has_nan = _scan_slice(base, 0, V, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
+    _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr)
+
+
+@triton.jit
+def _rm_stats_partial_kernel(
+    z_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
+    V, L1, stride0, stride1, mask_id, inv_temp, seed_key, CHUNK, S,
+    SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
+    col_start = split * CHUNK
+    col_end = tl.minimum(col_start + CHUNK, V)
+    m, s, tv, ti, bv, bi, has_nan = _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
+    pf = part_f_ptr + (row.to(tl.int64) * S + split) * 4  # [N, S, 4] float32: m, s, top_val, best_val
+    tl.store(pf + 0, m)
+    tl.store(pf + 1, s)
+    tl.store(pf + 2, tv)
+    tl.store(pf + 3, bv)
+    pi = part_i_ptr + (row.to(tl.int64) * S + split) * 3  # [N, S, 3] int32: top_idx, best_idx, nan
+    tl.store(pi + 0, ti)
+    tl.store(pi + 1, bi)
+    tl.store(pi + 2, has_nan)
+
+
+@triton.jit
+def _rm_stats_reduce_kernel(
+    z_ptr, x_ptr, part_f_ptr, part_i_ptr,
+    top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
+    V, L1, stride0, stride1, mask_id, S,
+    BLOCK_S: tl.constexpr,
+):
+    NEG_INF: tl.constexpr = float("-inf")
+    row = tl.program_id(0)
+    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    sp = tl.arange(0, BLOCK_S)
+    ok = sp < S
+    pf = part_f_ptr + (row.to(tl.int64) * S + sp) * 4
+    pi = part_i_ptr + (row.to(tl.int64) * S + sp) * 3
+    m_s = tl.load(pf + 0, mask=ok, other=NEG_INF)
+    s_s = tl.load(pf + 1, mask=ok, other=0.0)
+    tv_s = tl.load(pf + 2, mask=ok, other=NEG_INF)
+    bv_s = tl.load(pf + 3, mask=ok, other=NEG_INF)
+    ti_s = tl.load(pi + 0, mask=ok, other=2147483647)
+    bi_s = tl.load(pi + 1, mask=ok, other=2147483647)
+    nan_s = tl.load(pi + 2, mask=ok, other=0)
+    m = tl.max(m_s, axis=0)
+    s = tl.sum(tl.where(m_s > NEG_INF, s_s * tl.exp(m_s - m), 0.0), axis=0)
+    tv = tl.max(tv_s, axis=0)
+    ti = tl.min(tl.where(tv_s == tv, ti_s, 2147483647), axis=0)
+    bv = tl.max(bv_s, axis=0)
+    bi = tl.min(tl.where(bv_s == bv, bi_s, 2147483647), axis=0)
+    has_nan = tl.max(nan_s, axis=0)
+    _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher and registered op
+# ----------------------------------------------------------------------------------------------
+def _row_layout(logits: torch.Tensor):
+    """Express the rows of ``logits`` [..., V] (last dim contiguous) through <= 2 leading strides.
+
+    Returns ``(tensor, N, L1, stride0, stride1)`` with row ``r`` at ``(r // L1) * stride0 +
+    (r % L1) * stride1``; copies only when the leading dims cannot be expressed that way.
+    """
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    # drop size-1 leading dims, then merge neighbours whose strides chain
+    dims = [(n, st) for n, st in zip(logits.shape[:-1], logits.stride()[:-1]) if n != 1]
+    merged = []
+    for n, st in dims:
+        if merged and merged[-1][1] == n * st:
+            merged[-1] = (merged[-1][0] * n, st)
+        else:
+            merged.append((n, st))
+    if len(merged) > 2:
+        logits = logits.contiguous()
+        V = logits.shape[-1]
+        merged = [(logits.numel() // max(V, 1), V)]
+    N = 1
+    for n, _ in merged:
+        N *= n
+    if not merged:
+        return logits, N, 1, 0, 0
+    if len(merged) == 1:
+        return logits, N, N, 0, merged[0][1]
+    (n0, st0), (n1, st1) = merged
+    return logits, N, n1, st0, st1
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: any small number exercises the same logic
+
+
+def _pick_block(V: int, elem_size: int) -> int:
+    # 16 KiB of logits per tile is a good balance of registers and memory-level parallelism
+    return max(16, min(triton.next_power_of_2(V), 16384 // elem_size))
+
+
+def _plan(N: int, V: int, block_v: int, device: torch.device, split: int | None) -> int:
+    """Number of vocabulary slices per row (1 = the single-pass kernel)."""
+    if split is not None:
+        return max(1, min(int(split), triton.cdiv(V, block_v)))
+    sms = _num_sms(device)
+    tiles = triton.cdiv(V, block_v)
+    if N >= 2 * sms or tiles < 4:
+        return 1
+    return max(1, min(tiles, triton.cdiv(4 * sms, N), 256))
+
+
+@torch.library.custom_op("rmkernels::rm_stats_triton", mutates_args=())
+def _rm_stats_triton(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    counters: torch.Tensor,
+    mask_id: int,
+    temperature: float,
+    seed_key: int,
+    split: int,
+    block_v: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    V = logits.shape[-1]
+    z, N, L1, st0, st1 = _row_layout(logits)
+    device = logits.device
+    x = tokens.reshape(-1)
+    top_id = torch.empty(N, dtype=torch.int64, device=device)
+    best_id = torch.empty(N, dtype=torch.int64, device=device)
+    top_p, mask_p, cur_p, best_p = (torch.empty(N, dtype=torch.float32, device=device) for _ in range(4))
+    status = torch.empty(N, dtype=torch.int32, device=device)
+    if N == 0:
+        return top_id, top_p, mask_p, cur_p, best_id, best_p, status
+    sample = temperature > 0
+    inv_temp = 1.0 / temperature if sample else 1.0
+    block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+    S = _plan(N, V, block, device, split if split > 0 else None)
+    outs = (top_id, top_p, mask_p, cur_p, best_id, best_p, status)
+    nw = 8 if block >= 4096 else 4
+    if S == 1:
+        _rm_stats_fused_kernel[(N,)](
+            z, x, counters, *outs, V, L1, st0, st1, mask_id, inv_temp, seed_key,
+            SAMPLE=sample, BLOCK_V=block, num_warps=nw,
+        )
+    else:
+        chunk = triton.cdiv(triton.cdiv(V, S), block) * block
+        S = triton.cdiv(V, chunk)
+        part_f = torch.empty((N, S, 4), dtype=torch.float32, device=device)
+        part_i = torch.empty((N, S, 3), dtype=torch.int32, device=device)
+        _rm_stats_partial_kernel[(N, S)](
+            z, counters, part_f, part_i, V, L1, st0, st1, mask_id, inv_temp, seed_key, chunk, S,
+            SAMPLE=sample, BLOCK_V=block, num_warps=nw,
+        )
+        _rm_stats_reduce_kernel[(N,)](
+            z, x, part_f, part_i, *outs, V, L1, st0, st1, mask_id, S,
+            BLOCK_S=max(16, triton.next_power_of_2(S)), num_warps=1,
+        )
+    return top_id, top_p, mask_p, cur_p, best_id, best_p, status
+
+
+@_rm_stats_triton.register_fake
+def _(logits, tokens, counters, mask_id, temperature, seed_key, split, block_v):
+    N = tokens.numel()
+    f = lambda dt: logits.new_empty((N,), dtype=dt)  # noqa: E731
+    return f(torch.int64), f(torch.float32), f(torch.float32), f(torch.float32), f(torch.int64), f(torch.float32), f(torch.int32)
+
+
+def _raise_on_status(status: torch.Tensor) -> None:
+    """One host synchronisation: raise ValueError naming the argument if any row was flagged."""
+    bits = (STATUS_TOKEN_RANGE, STATUS_NAN, STATUS_ALL_NEG_INF)
+    bit_t = torch.tensor(bits, dtype=status.dtype, device=status.device)
+    present = ((status[:, None] & bit_t) != 0).any(0).tolist()
+    if not any(present):
+        return
+    rows = lambda bit: torch.nonzero(status & bit).flatten()[:5].tolist()  # noqa: E731
+    if present[0]:
+        raise ValueError(f"tokens holds ids outside [0, V) (first bad flattened rows: {rows(STATUS_TOKEN_RANGE)})")
+    if present[1]:
+        raise ValueError(f"logits contains NaN (first bad flattened rows: {rows(STATUS_NAN)})")
+    raise ValueError(f"logits has rows that are entirely -inf (first bad flattened rows: {rows(STATUS_ALL_NEG_INF)})")
+
+
+def rm_stats(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask_id: int,
+    *,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    offset: int | torch.Tensor = 0,
+    check: bool = True,
+    impl: str = "auto",
+    split: int | None = None,
+    block_v: int | None = None,
+) -> RMStats:
+    """Per-position Reflective Masking statistics in one pass over the logits (SPEC §1).
+
+    Parameters
+    ----------
+    logits : Tensor ``[..., V]``
+        float32, float16 or bfloat16; any leading shape; rows may be strided.
+    tokens : Tensor ``[...]``
+        Current token ids, integer, shape ``logits.shape[:-1]``.
+    mask_id : int
+        The mask token id, in ``[0, V)``.
+    temperature : float
+        ``0`` = argmax candidates; ``> 0`` = Gumbel-max candidates on ``logits / temperature``
+        drawn from a counter-based RNG inside the kernel (probabilities stay ``softmax(logits)``).
+    seed : int, optional
+        RNG seed for ``temperature > 0`` (drawn from torch's default generator when ``None``).
+    offset : int or Tensor
+        RNG counter: an int gives row ``r`` the counter ``offset + r``; an int64 tensor shaped like
+        ``tokens`` gives each row its own counter (e.g. keyed by position and step, so samples do
+        not depend on batch composition).
+    check : bool
+        Validate token range / NaN / all ``-inf`` rows. The kernel computes these flags during its
+        single pass (no extra read of the logits); ``check=True`` costs one host synchronisation to
+        inspect them and raises ``ValueError``. With ``check=False`` (CUDA graphs, torch.compile,
+        decoding loops) bad rows get ids ``-1`` and probabilities NaN, never an out-of-bounds read.
+    impl : {"auto", "triton", "reference"}
+        ``"auto"``: Triton on CUDA tensors (and on CPU when ``TRITON_INTERPRET=1``), else reference.
+    split, block_v : int, optional
+        Tuning overrides: number of vocabulary slices per row (1 = single pass) and tile width.
+
+    Returns
+    -------
+    RMStats
+        ``top_id, top_p, mask_p, cur_p, best_id, best_p`` shaped like ``tokens``.
+    """
+    check_tensor("logits", logits, dtypes=FLOAT_DTYPES, min_ndim=1)
+    check_tensor("tokens", tokens, dtypes=INT_DTYPES)
+    check_same_device(logits=logits, tokens=tokens)
+    if tuple(tokens.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"tokens shape {tuple(tokens.shape)} must equal logits.shape[:-1] = {tuple(logits.shape[:-1])}")
+    V = logits.shape[-1]
+    if V == 0:
+        raise ValueError("logits has an empty vocabulary dimension (V == 0)")
+    mask_id = check_index("mask_id", mask_id, V)
+    temperature = float(temperature)
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if isinstance(offset, torch.Tensor):
+        check_tensor("offset", offset, dtypes=INT_DTYPES)
+        check_same_device(logits=logits, offset=offset)
+        if tuple(offset.shape) != tuple(tokens.shape):
+            raise ValueError(f"offset tensor shape {tuple(offset.shape)} must equal tokens shape {tuple(tokens.shape)}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
+    impl = resolve_impl(impl, logits.device, "triton")
+
+    shape = tokens.shape
+    if impl == "reference":
+        out = rm_stats_reference(logits, tokens, mask_id, temperature=temperature, seed=seed, offset=offset)
+    else:
+        counters = row_counters(tokens.numel(), offset, logits.device)
+        out = torch.ops.rmkernels.rm_stats_triton(
+            logits, tokens, counters, mask_id, temperature, seed_key(seed), split or 0, block_v or 0
+        )
+    *stats, status = out
+    if check:
+        _raise_on_status(status)
+    return RMStats(*(t.reshape(shape) for t in stats))

@@ -1,0 +1,45 @@
+"""Reference for the Reflective Masking post-training loss (SPEC §4).
+
+``part`` per position: 0 = reveal (label = gold token), 1 = mask (label = mask id), 2 = keep
+(label = the current token), -1 = ignore (prompt, padding).
+
+    total = sum_i w[part_i] * CE_i / sum_i w[part_i]     over positions with part_i >= 0
+    reveal, mask, keep = mean CE over each part's own positions (0 when a part has none)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+PART_REVEAL, PART_MASK, PART_KEEP, PART_IGNORE = 0, 1, 2, -1
+
+
+class RMLoss(NamedTuple):
+    total: torch.Tensor
+    reveal: torch.Tensor
+    mask: torch.Tensor
+    keep: torch.Tensor
+
+
+def rm_loss_reference(
+    logits: torch.Tensor,  # [..., V]
+    labels: torch.Tensor,  # [...]
+    part: torch.Tensor,  # [...] in {-1, 0, 1, 2}
+    weights=(1.0, 1.0, 1.0),
+) -> RMLoss:
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V).float()  # [N, V]
+    y = labels.reshape(-1).long()
+    pt = part.reshape(-1).long()
+    active = pt >= 0
+    ce = F.cross_entropy(z, torch.where(active, y, 0), reduction="none") * active  # [N]
+    w_table = torch.as_tensor(weights, dtype=torch.float32, device=z.device)  # [3]
+    w = w_table[pt.clamp(min=0)] * active
+    total = (w * ce).sum() / w.sum()
+    parts = []
+    for k in (PART_REVEAL, PART_MASK, PART_KEEP):
+        sel = (pt == k).float()
+        parts.append((ce * sel).sum() / sel.sum().clamp(min=1.0))
+    return RMLoss(total, *parts)

@@ -1,0 +1,1 @@
+"""Tasks built on the RM decoder and trainer (Sudoku revision)."""
