@@ -34,7 +34,8 @@ def rm_loss_reference(
     y = labels.reshape(-1).long()
     pt = part.reshape(-1).long()
     active = pt >= 0
-    ce = F.cross_entropy(z, torch.where(active, y, 0), reduction="none") * active  # [N]
+    # where, not "* active": a non-finite ignored row (NaN * 0) must not leak into the loss
+    ce = torch.where(active, F.cross_entropy(z, torch.where(active, y, 0), reduction="none"), 0.0)  # [N]
     w_table = torch.as_tensor(weights, dtype=torch.float32, device=z.device)  # [3]
     w = w_table[pt.clamp(min=0)] * active
     total = (w * ce).sum() / w.sum()
@@ -43,3 +44,15 @@ def rm_loss_reference(
         sel = (pt == k).float()
         parts.append((ce * sel).sum() / sel.sum().clamp(min=1.0))
     return RMLoss(total, *parts)
+
+
+def rm_linear_loss_reference(
+    hidden: torch.Tensor,  # [..., D]
+    lm_weight: torch.Tensor,  # [V, D]
+    labels: torch.Tensor,  # [...]
+    part: torch.Tensor,  # [...]
+    lm_bias: torch.Tensor | None = None,  # [V]
+    weights=(1.0, 1.0, 1.0),
+) -> RMLoss:
+    """:func:`rm_loss_reference` on the materialised logits ``hidden @ lm_weight.T + lm_bias``."""
+    return rm_loss_reference(F.linear(hidden, lm_weight, lm_bias), labels, part, weights)

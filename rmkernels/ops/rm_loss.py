@@ -1,0 +1,309 @@
+"""Fused Reflective Masking loss (SPEC §4): weighted cross-entropy with reveal / mask / keep parts.
+
+Kernel layout
+-------------
+* ``_rm_ce_fwd_kernel``: one program per row streams the vocabulary in ``BLOCK_V`` tiles with an
+  online softmax (running max and sum, float32) and writes the row's log-sum-exp and
+  ``CE = lse - z[label]``. Ignored rows (``part < 0``) read nothing and get ``CE = 0``. The label
+  is bounds-checked: an out-of-range label is never dereferenced, its CE is NaN.
+  With ``WRITE_GRAD`` (the chunked linear loss) a second pass over the row, in the same program,
+  overwrites the logits in place with ``(softmax - onehot) * coef[row]``.
+* ``_rm_ce_bwd_kernel``: ``dlogits = (exp(z - lse) - onehot(label)) * grad_ce[row]`` in one read
+  of the logits and one write; rows with a zero coefficient are written as zeros without reading.
+
+Gradient strategy of :func:`rm_loss`: the forward stores only ``lse [N]`` (the logits are not
+modified); the backward recomputes the softmax from the logits. The reduction from the per-row
+CE to ``total`` / ``reveal`` / ``mask`` / ``keep`` is plain torch on ``[N]`` vectors, so all four
+outputs are differentiable.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_same_device, check_tensor, resolve_impl
+from rmkernels.ops.rm_stats import _pick_block, _row_base, _row_layout
+from rmkernels.reference.loss import PART_KEEP, PART_MASK, PART_REVEAL, RMLoss, rm_loss_reference
+
+__all__ = ["RMLoss", "rm_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _row_lse(base, V, active, BLOCK_V: tl.constexpr):
+    """log-sum-exp of one row in float32 (online softmax over tiles); reads nothing if not active."""
+    NEG_INF: tl.constexpr = float("-inf")
+    lanes = tl.arange(0, BLOCK_V)
+    n_read = tl.where(active, V, 0)
+    m = float("-inf")
+    s = 0.0
+    for start in range(0, V, BLOCK_V):
+        cols = start + lanes
+        z = tl.load(base + cols, mask=cols < n_read, other=NEG_INF).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        ok = m_new > NEG_INF  # guards exp(-inf - -inf) while the row is all -inf so far
+        s = s * tl.where(ok, tl.exp(m - m_new), 0.0) + tl.sum(tl.where(ok, tl.exp(z - m_new), 0.0), axis=0)
+        m = m_new
+    return m + tl.log(s)
+
+
+@triton.jit
+def _row_grad(src, dst, V, y, lse, scale, BLOCK_V: tl.constexpr):
+    """``dst[v] = (exp(src[v] - lse) - (v == y)) * scale``; zeros without reading ``src`` if scale == 0."""
+    lanes = tl.arange(0, BLOCK_V)
+    need = scale != 0.0  # NaN scales (bad rows with check=False) still propagate
+    n_read = tl.where(need, V, 0)
+    for start in range(0, V, BLOCK_V):
+        cols = start + lanes
+        valid = cols < V
+        z = tl.load(src + cols, mask=cols < n_read, other=0.0).to(tl.float32)
+        g = (tl.exp(z - lse) - (cols == y).to(tl.float32)) * scale
+        tl.store(dst + cols, tl.where(need, g, 0.0).to(dst.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _row_target(y_ptr, part_ptr, row, V):
+    y = tl.load(y_ptr + row).to(tl.int64)
+    active = tl.load(part_ptr + row).to(tl.int32) >= 0
+    y_ok = (y >= 0) & (y < V)
+    return y, active, y_ok
+
+
+@triton.jit
+def _rm_ce_fwd_kernel(
+    z_ptr, y_ptr, part_ptr, coef_ptr, ce_ptr, lse_ptr,
+    V, L1, stride0, stride1,
+    WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0)
+    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    y, active, y_ok = _row_target(y_ptr, part_ptr, row, V)
+    lse = _row_lse(base, V, active, BLOCK_V)
+    z_y = tl.load(base + tl.where(y_ok, y, 0)).to(tl.float32)  # never out of bounds
+    nan = float("nan")
+    tl.store(ce_ptr + row, tl.where(active, tl.where(y_ok, lse - z_y, nan), 0.0))
+    tl.store(lse_ptr + row, lse)
+    if WRITE_GRAD:
+        scale = tl.where(active, tl.where(y_ok, tl.load(coef_ptr + row), nan), 0.0)
+        _row_grad(base, base, V, y, lse, scale, BLOCK_V)
+
+
+@triton.jit
+def _rm_ce_bwd_kernel(
+    z_ptr, y_ptr, part_ptr, lse_ptr, g_ptr, dz_ptr,
+    V, L1, stride0, stride1,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0)
+    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    y, active, y_ok = _row_target(y_ptr, part_ptr, row, V)
+    scale = tl.where(active, tl.where(y_ok, tl.load(g_ptr + row), float("nan")), 0.0)
+    _row_grad(base, dz_ptr + row.to(tl.int64) * V, V, y, tl.load(lse_ptr + row), scale, BLOCK_V)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers and registered ops
+# ----------------------------------------------------------------------------------------------
+def _launch_fwd(logits, labels, part, coef, block_v: int, write_grad: bool):
+    V = logits.shape[-1]
+    z, N, L1, st0, st1 = _row_layout(logits)
+    ce = torch.empty(N, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+    if N:
+        block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+        _rm_ce_fwd_kernel[(N,)](
+            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), ce if coef is None else coef, ce, lse,
+            V, L1, st0, st1, WRITE_GRAD=write_grad, BLOCK_V=block, num_warps=8 if block >= 4096 else 4,
+        )
+    return ce, lse
+
+
+@torch.library.custom_op("rmkernels::rm_ce_fwd", mutates_args=())
+def _rm_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, part: torch.Tensor, block_v: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(ce, lse)``, float32 ``[N]`` (``N = labels.numel()``)."""
+    return _launch_fwd(logits, labels, part, None, block_v, write_grad=False)
+
+
+@_rm_ce_fwd.register_fake
+def _(logits, labels, part, block_v):
+    N = labels.numel()
+    return logits.new_empty((N,), dtype=torch.float32), logits.new_empty((N,), dtype=torch.float32)
+
+
+@torch.library.custom_op("rmkernels::rm_ce_bwd", mutates_args=())
+def _rm_ce_bwd(
+    logits: torch.Tensor, labels: torch.Tensor, part: torch.Tensor, lse: torch.Tensor, grad_ce: torch.Tensor, block_v: int
+) -> torch.Tensor:
+    """``dlogits`` (contiguous, ``logits.dtype``) for the upstream gradient ``grad_ce [N]``."""
+    V = logits.shape[-1]
+    z, N, L1, st0, st1 = _row_layout(logits)
+    dz = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    if N:
+        block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+        _rm_ce_bwd_kernel[(N,)](
+            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse,
+            grad_ce.float().contiguous(), dz, V, L1, st0, st1,
+            BLOCK_V=block, num_warps=8 if block >= 4096 else 4,
+        )
+    return dz
+
+
+@_rm_ce_bwd.register_fake
+def _(logits, labels, part, lse, grad_ce, block_v):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _ce_setup_context(ctx, inputs, output):
+    logits, labels, part, block_v = inputs
+    ctx.save_for_backward(logits, labels, part, output[1])
+    ctx.block_v = block_v
+
+
+def _ce_backward(ctx, grad_ce, grad_lse):
+    logits, labels, part, lse = ctx.saved_tensors
+    return torch.ops.rmkernels.rm_ce_bwd(logits, labels, part, lse, grad_ce, ctx.block_v), None, None, None
+
+
+torch.library.register_autograd("rmkernels::rm_ce_fwd", _ce_backward, setup_context=_ce_setup_context)
+
+
+@torch.library.custom_op("rmkernels::rm_ce_fwd_grad_", mutates_args=("logits",))
+def _rm_ce_fwd_grad_(logits: torch.Tensor, labels: torch.Tensor, part: torch.Tensor, coef: torch.Tensor, block_v: int) -> torch.Tensor:
+    """Per-row CE ``[N]``; overwrites the contiguous ``logits [N, V]`` with ``dCE/dz * coef[:, None]``."""
+    if not logits.is_contiguous():
+        raise ValueError("logits must be contiguous for the in-place gradient kernel")
+    return _launch_fwd(logits, labels, part, coef.float().contiguous(), block_v, write_grad=True)[0]
+
+
+@_rm_ce_fwd_grad_.register_fake
+def _(logits, labels, part, coef, block_v):
+    return logits.new_empty((labels.numel(),), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and reduction (shared with rmkernels.ops.linear_loss)
+# ----------------------------------------------------------------------------------------------
+def _check_weights(weights) -> tuple[float, float, float]:
+    try:
+        w = tuple(float(x) for x in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be a sequence of 3 numbers (reveal, mask, keep), got {weights!r}") from None
+    if len(w) != 3:
+        raise ValueError(f"weights must hold 3 numbers (reveal, mask, keep), got {len(w)}")
+    if not all(0.0 <= x < float("inf") for x in w):
+        raise ValueError(f"weights must be finite and >= 0, got {w}")
+    if sum(w) == 0.0:
+        raise ValueError("weights are all zero: the loss would be 0 / 0")
+    return w
+
+
+def _check_targets(name: str, x: torch.Tensor, labels, part) -> None:
+    """Static checks: integer ``labels`` / ``part`` shaped ``x.shape[:-1]`` on ``x``'s device."""
+    check_tensor("labels", labels, dtypes=INT_DTYPES)
+    check_tensor("part", part, dtypes=INT_DTYPES)
+    check_same_device(**{name: x, "labels": labels, "part": part})
+    for arg, t in (("labels", labels), ("part", part)):
+        if tuple(t.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"{arg} shape {tuple(t.shape)} must equal {name}.shape[:-1] = {tuple(x.shape[:-1])}")
+
+
+def _row_weights(part: torch.Tensor, weights) -> torch.Tensor:
+    """``w[part_i]`` as float32 ``[N]``: 0 for ignored rows, NaN for unknown part ids."""
+    pt = part.reshape(-1)
+    w = torch.where(pt == -1, 0.0, float("nan"))  # python scalars: no host-to-device copy
+    for k in (PART_REVEAL, PART_MASK, PART_KEEP):
+        w = torch.where(pt == k, weights[k], w)
+    return w
+
+
+def _validate_rows(labels: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor, V: int, weights) -> None:
+    """Data checks on ``labels`` / ``part`` (one host synchronisation); raises ValueError."""
+    y = labels.reshape(-1)
+    pt = part.reshape(-1)
+    unknown = (pt < -1) | (pt > PART_KEEP)
+    active = pt >= 0
+    bad_label = active & ((y < 0) | (y >= V))
+    flags = torch.stack([unknown.any(), active.any(), bad_label.any(), w_row.sum() > 0]).tolist()
+    first = lambda m: torch.nonzero(m).flatten()[:5].tolist()  # noqa: E731
+    if flags[0]:
+        raise ValueError(f"part holds ids outside {{-1, 0, 1, 2}} (first bad flattened positions: {first(unknown)})")
+    if not flags[1]:
+        raise ValueError("part marks no position for the loss (all -1 or empty): missing answer positions")
+    if flags[2]:
+        raise ValueError(f"labels holds ids outside [0, V={V}) at non-ignored positions (first: {first(bad_label)})")
+    if not flags[3]:
+        raise ValueError(f"weights={tuple(weights)} give zero total weight to the non-ignored positions")
+
+
+def _reduce(ce: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor) -> RMLoss:
+    """``total = sum w ce / sum w`` and the per-part mean CE (0 for an absent part); differentiable in ``ce``."""
+    total = (w_row * ce).sum() / w_row.sum()
+    sel = (part.reshape(-1, 1).long() == torch.arange(3, device=ce.device)).float()  # [N, 3]
+    parts = (ce @ sel) / sel.sum(0).clamp(min=1.0)  # [3]
+    return RMLoss(total, parts[0], parts[1], parts[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
+def rm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    part: torch.Tensor,
+    *,
+    weights=(1.0, 1.0, 1.0),
+    check: bool = True,
+    impl: str = "auto",
+    block_v: int | None = None,
+) -> RMLoss:
+    """Reflective Masking post-training loss from logits (SPEC §4), fused cross-entropy kernel.
+
+    ``total = sum_i w[part_i] * CE_i / sum_i w[part_i]`` over the positions with ``part_i >= 0``;
+    ``reveal``, ``mask``, ``keep`` are the mean CE over each part's own positions (0 when absent).
+
+    Parameters
+    ----------
+    logits : Tensor ``[..., V]``
+        float32, float16 or bfloat16; any leading shape; rows may be strided. Never modified.
+    labels : Tensor ``[...]``
+        Integer target ids, shape ``logits.shape[:-1]``; must lie in ``[0, V)`` where ``part >= 0``
+        (ignored positions may hold anything, e.g. -100).
+    part : Tensor ``[...]``
+        Integer part ids: 0 = reveal, 1 = mask, 2 = keep, -1 = ignore (prompt, padding).
+    weights : sequence of 3 floats
+        ``(w_reveal, w_mask, w_keep)``, finite, >= 0, not all zero.
+    check : bool
+        Validate ``labels`` / ``part`` (unknown part ids, labels out of range at non-ignored
+        positions, no non-ignored position, zero total weight) at the cost of one host
+        synchronisation; raises ``ValueError``. With ``check=False`` (CUDA graphs, torch.compile)
+        the kernel still never reads out of bounds: bad positions make the loss NaN. The reference
+        path always validates. NaN in the logits is not checked; it propagates to the loss.
+    impl : {"auto", "triton", "reference"}
+        ``"auto"``: Triton on CUDA tensors (and on CPU when ``TRITON_INTERPRET=1``), else reference.
+    block_v : int, optional
+        Tuning override: vocabulary tile width of the kernel.
+
+    Returns
+    -------
+    RMLoss
+        ``(total, reveal, mask, keep)``, float32 scalars. Gradients flow from all four to
+        ``logits``; the backward kernel writes ``dlogits`` (contiguous, ``logits.dtype``) from the
+        saved per-row log-sum-exp, recomputing the softmax from the logits.
+    """
+    check_tensor("logits", logits, dtypes=FLOAT_DTYPES, min_ndim=1)
+    _check_targets("logits", logits, labels, part)
+    V = logits.shape[-1]
+    if V == 0:
+        raise ValueError("logits has an empty vocabulary dimension (V == 0)")
+    weights = _check_weights(weights)
+    impl = resolve_impl(impl, logits.device, "triton")
+    w_row = _row_weights(part, weights)
+    if check or impl == "reference":
+        _validate_rows(labels, part, w_row, V, weights)
+    if impl == "reference":
+        return rm_loss_reference(logits, labels, part, weights)
+    ce, _ = torch.ops.rmkernels.rm_ce_fwd(logits, labels, part, block_v or 0)
+    return _reduce(ce, part, w_row)
