@@ -1,0 +1,183 @@
+"""Training for the Sudoku task: base MDM pretraining on solution grids.
+
+Base pretraining is a standard masked diffusion objective: per grid ``t ~ U(0, 1)``, each cell is
+masked with probability ``t`` (at least one cell), and the loss is the cross-entropy on the masked
+cells (``weighting="token"``: mean over masked cells; ``"1/t"``: the MDM ELBO weight
+``sum CE / (t * 81)`` per grid). Data are drawn fresh every step from the train split's seed-grid
+pool under random transforms; the randomness of step ``s`` is a function of ``(seed, s)`` only, so
+a resumed run continues exactly.
+
+Run in the background (one thread), e.g.::
+
+    nohup python -m rmkernels.tasks.sudoku.train base --out runs/sudoku_base > runs/sudoku_base.log 2>&1 &
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rmkernels.models import TinyMDM, TinyMDMConfig
+from rmkernels.tasks.sudoku.checkpoint import _atomic_write, save_checkpoint
+from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
+from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 15000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 300
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    weighting: str = "token"  # "token" | "1/t"
+    seed: int = 0  # model init and per-step randomness
+    data_seed: int = DEFAULT_SEED  # train/val split seed
+    pool_size: int = 4096  # seed grids of the train split
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    eval_every: int = 500
+    ckpt_every: int = 500
+    val_boards: int = 512
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def mask_batch(grids: np.ndarray, rng: np.random.Generator):
+    """MDM forward process: ``(inputs, masked [B, 81] bool, t [B])`` with at least one masked cell per grid."""
+    B = grids.shape[0]
+    t = rng.random(B)  # [B]
+    masked = rng.random((B, CELLS)) < t[:, None]
+    masked[np.arange(B), rng.integers(CELLS, size=B)] = True
+    return np.where(masked, MASK_ID, grids), masked, t
+
+
+def mdm_loss(model, grids: np.ndarray, rng: np.random.Generator, weighting: str = "token") -> torch.Tensor:
+    inputs, masked, t = mask_batch(grids, rng)
+    logits = model(input_ids=torch.from_numpy(inputs))  # [B, 81, V]
+    ce = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), torch.from_numpy(grids).reshape(-1), reduction="none")
+    ce = ce.view(grids.shape) * torch.from_numpy(masked)  # [B, 81]
+    if weighting == "token":
+        return ce.sum() / masked.sum()
+    if weighting == "1/t":
+        return (ce.sum(1) / (torch.from_numpy(t).float() * CELLS)).mean()
+    raise ValueError(f"weighting must be 'token' or '1/t', got {weighting!r}")
+
+
+@torch.no_grad()
+def masked_accuracy(model, grids: np.ndarray, ratios=(0.1, 0.3, 0.5, 0.7), seed: int = 0) -> dict:
+    """Per-cell accuracy of one-shot argmax fills at fixed masking ratios, and the share of grids
+    fully recovered when 4-20 cells are masked (``fill4_20``)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    model.eval()
+    for r in ratios:
+        masked = rng.random(grids.shape) < r
+        pred = model(input_ids=torch.from_numpy(np.where(masked, MASK_ID, grids))).argmax(-1).numpy()
+        out[f"acc@{r}"] = float((pred == grids)[masked].mean())
+    k = rng.integers(4, 21, size=len(grids))
+    masked = rng.random(grids.shape).argsort(1).argsort(1) < k[:, None]
+    pred = model(input_ids=torch.from_numpy(np.where(masked, MASK_ID, grids))).argmax(-1).numpy()
+    out["fill4_20"] = float(np.where(masked, pred == grids, True).all(1).mean())
+    model.train()
+    return out
+
+
+def _save_state(path: str, model, opt, step: int) -> None:
+    _atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp))
+
+
+def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True) -> str:
+    """Pretrain the base MDM; writes ``out_dir/model.safetensors`` (+ .json), ``state.pt`` and ``metrics.jsonl``."""
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = TinyMDM(TinyMDMConfig(vocab_size=VOCAB_SIZE, max_len=CELLS, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    state_path, start = os.path.join(out_dir, "state.pt"), 0
+    if resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        log(f"resumed from step {start}")
+    pool = seed_grids(cfg.pool_size, split_rng("train", cfg.data_seed))
+    _, val_grids = make_boards("val", cfg.val_boards, cfg.data_seed)
+    meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv)}
+    t0, wall_before = time.time(), 0.0
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    if start and os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [json.loads(x) for x in f if x.strip()]
+        wall_before = rows[-1]["wall_s"] if rows else 0.0
+    model.train()
+    recent = []  # losses since the last log line
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss = mdm_loss(model, sample_grids(pool, cfg.batch_size, rng), rng, cfg.weighting)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        recent.append(float(loss.detach()))
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            wall = wall_before + time.time() - t0
+            row = {"step": done, "loss": round(sum(recent) / len(recent), 4), "lr": lr_at(step, cfg), "wall_s": round(wall, 1),
+                   **masked_accuracy(model, val_grids)}
+            recent = []
+            log(json.dumps(row))
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            meta.update(step=done, wall_s=round(wall_before + time.time() - t0, 1))
+            save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta)
+            _save_state(state_path, model, opt, done)
+    return os.path.join(out_dir, "model.safetensors")
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
+    for name, field in cls.__dataclass_fields__.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default)
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m rmkernels.tasks.sudoku.train")
+    sub = p.add_subparsers(dest="stage", required=True)
+    b = sub.add_parser("base", help="pretrain the base MDM on solution grids")
+    b.add_argument("--out", required=True, help="run directory (checkpoint, state, metrics)")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--no-resume", action="store_true")
+    _add_dataclass_args(b, PretrainConfig)
+    return p
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    if args.stage == "base":
+        cfg = PretrainConfig(**{k: getattr(args, k) for k in PretrainConfig.__dataclass_fields__})
+        path = pretrain(cfg, args.out, log=lambda s: print(s, flush=True), resume=not args.no_resume)
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(build_parser().parse_args()))
