@@ -260,6 +260,11 @@ def _plan(N: int, V: int, block_v: int, device: torch.device, split: int | None)
     return max(1, min(tiles, triton.cdiv(4 * sms, N), 256))
 
 
+def _new_output(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocate a kernel output (tests replace this to poison outputs before the launch)."""
+    return torch.empty(n, dtype=dtype, device=device)
+
+
 @torch.library.custom_op("rmkernels::rm_stats_triton", mutates_args=())
 def _rm_stats_triton(
     logits: torch.Tensor,
@@ -275,10 +280,10 @@ def _rm_stats_triton(
     z, N, L1, st0, st1 = _row_layout(logits)
     device = logits.device
     x = tokens.reshape(-1)
-    top_id = torch.empty(N, dtype=torch.int64, device=device)
-    best_id = torch.empty(N, dtype=torch.int64, device=device)
-    top_p, mask_p, cur_p, best_p = (torch.empty(N, dtype=torch.float32, device=device) for _ in range(4))
-    status = torch.empty(N, dtype=torch.int32, device=device)
+    top_id = _new_output(N, torch.int64, device)
+    best_id = _new_output(N, torch.int64, device)
+    top_p, mask_p, cur_p, best_p = (_new_output(N, torch.float32, device) for _ in range(4))
+    status = _new_output(N, torch.int32, device)
     if N == 0:
         return top_id, top_p, mask_p, cur_p, best_id, best_p, status
     sample = temperature > 0
