@@ -107,11 +107,22 @@ def _rm_ce_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers and registered ops
 # ----------------------------------------------------------------------------------------------
+def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocate a kernel output (tests replace this to poison outputs before the launch)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _rows_fake(labels: torch.Tensor, device) -> torch.Tensor:
+    return torch.empty(labels.numel(), dtype=torch.float32, device=device)
+
+
 def _launch_fwd(logits, labels, part, coef, block_v: int, write_grad: bool):
+    """Per-row ``(ce, lse)``, float32 ``[N]``; with ``write_grad`` overwrites ``logits`` in place."""
     V = logits.shape[-1]
     z, N, L1, st0, st1 = _row_layout(logits)
-    ce = torch.empty(N, dtype=torch.float32, device=logits.device)
-    lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+    if write_grad and z.data_ptr() != logits.data_ptr():
+        raise ValueError("logits must have a unit last-dim stride for the in-place gradient kernel")
+    ce, lse = (_new_output(N, torch.float32, logits.device) for _ in range(2))
     if N:
         block = block_v if block_v > 0 else _pick_block(V, z.element_size())
         _rm_ce_fwd_kernel[(N,)](
@@ -129,8 +140,7 @@ def _rm_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, part: torch.Tensor, b
 
 @_rm_ce_fwd.register_fake
 def _(logits, labels, part, block_v):
-    N = labels.numel()
-    return logits.new_empty((N,), dtype=torch.float32), logits.new_empty((N,), dtype=torch.float32)
+    return _rows_fake(labels, logits.device), _rows_fake(labels, logits.device)
 
 
 @torch.library.custom_op("rmkernels::rm_ce_bwd", mutates_args=())
@@ -140,7 +150,7 @@ def _rm_ce_bwd(
     """``dlogits`` (contiguous, ``logits.dtype``) for the upstream gradient ``grad_ce [N]``."""
     V = logits.shape[-1]
     z, N, L1, st0, st1 = _row_layout(logits)
-    dz = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    dz = _new_output(logits.shape, logits.dtype, logits.device)
     if N:
         block = block_v if block_v > 0 else _pick_block(V, z.element_size())
         _rm_ce_bwd_kernel[(N,)](
@@ -172,15 +182,13 @@ torch.library.register_autograd("rmkernels::rm_ce_fwd", _ce_backward, setup_cont
 
 @torch.library.custom_op("rmkernels::rm_ce_fwd_grad_", mutates_args=("logits",))
 def _rm_ce_fwd_grad_(logits: torch.Tensor, labels: torch.Tensor, part: torch.Tensor, coef: torch.Tensor, block_v: int) -> torch.Tensor:
-    """Per-row CE ``[N]``; overwrites the contiguous ``logits [N, V]`` with ``dCE/dz * coef[:, None]``."""
-    if not logits.is_contiguous():
-        raise ValueError("logits must be contiguous for the in-place gradient kernel")
+    """Per-row CE ``[N]``; overwrites ``logits [..., V]`` in place with ``dCE/dz * coef[:, None]``."""
     return _launch_fwd(logits, labels, part, coef.float().contiguous(), block_v, write_grad=True)[0]
 
 
 @_rm_ce_fwd_grad_.register_fake
 def _(logits, labels, part, coef, block_v):
-    return logits.new_empty((labels.numel(),), dtype=torch.float32)
+    return _rows_fake(labels, logits.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,12 +246,15 @@ def _validate_rows(labels: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor
         raise ValueError(f"weights={tuple(weights)} give zero total weight to the non-ignored positions")
 
 
-def _reduce(ce: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor) -> RMLoss:
-    """``total = sum w ce / sum w`` and the per-part mean CE (0 for an absent part); differentiable in ``ce``."""
-    total = (w_row * ce).sum() / w_row.sum()
+def _total(ce: torch.Tensor, w_row: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i CE_i / sum_i w_i`` (differentiable in ``ce``)."""
+    return (w_row * ce).sum() / w_row.sum()
+
+
+def _part_means(ce: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """Mean CE of the reveal / mask / keep positions, ``[3]`` (0 for an absent part)."""
     sel = (part.reshape(-1, 1).long() == torch.arange(3, device=ce.device)).float()  # [N, 3]
-    parts = (ce @ sel) / sel.sum(0).clamp(min=1.0)  # [3]
-    return RMLoss(total, parts[0], parts[1], parts[2])
+    return (ce @ sel) / sel.sum(0).clamp(min=1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,4 +317,4 @@ def rm_loss(
     if impl == "reference":
         return rm_loss_reference(logits, labels, part, weights)
     ce, _ = torch.ops.rmkernels.rm_ce_fwd(logits, labels, part, block_v or 0)
-    return _reduce(ce, part, w_row)
+    return RMLoss(_total(ce, w_row), *_part_means(ce, part))
