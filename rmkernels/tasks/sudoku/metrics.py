@@ -1,0 +1,65 @@
+"""Sudoku revision metrics (SPEC §5) and their markdown table.
+
+* exact %: the final board equals the solution;
+* valid %: the final board is complete and breaks no row/column/box rule;
+* replay mistake %: reveals that put back, at a cell, a value earlier re-masked at that cell, as a
+  share of all reveals (:func:`rmkernels.decode.trajectory.replay_statistics`);
+* conflict cells / board: filled cells whose digit repeats in their row, column or box;
+* mean steps: decoding steps until each board reached its fixed point (or the budget).
+"""
+from __future__ import annotations
+
+import torch
+
+from rmkernels.decode.trajectory import replay_statistics
+from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, is_valid
+
+COLUMNS = (
+    ("exact_pct", "exact %", "{:.1f}"),
+    ("valid_pct", "valid %", "{:.1f}"),
+    ("replay_pct", "replay mistake %", "{:.2f}"),
+    ("conflicts_per_board", "conflict cells / board", "{:.3f}"),
+    ("mean_steps", "mean steps", "{:.2f}"),
+)
+
+
+def board_metrics(final, solution, steps=None, trajectory=None) -> dict:
+    """Metrics of final boards ``[N, 81]`` against solutions ``[N, 81]`` (token ids).
+
+    ``steps [N]`` gives ``mean_steps``; ``trajectory [T + 1, N, 81]`` gives the replay statistics
+    (``replay_pct``, ``reveals`` and ``remasks`` per board). Missing inputs give ``None`` entries.
+    """
+    final, solution = torch.as_tensor(final).long(), torch.as_tensor(solution).long()
+    if final.shape != solution.shape:
+        raise ValueError(f"final {tuple(final.shape)} and solution {tuple(solution.shape)} must have the same shape")
+    n = max(final.shape[0], 1)
+    out = {
+        "boards": final.shape[0],
+        "exact_pct": 100.0 * float((final == solution).all(1).sum()) / n,
+        "valid_pct": 100.0 * float(is_valid(final).sum()) / n,
+        "conflicts_per_board": float(conflict_cells(final).sum()) / n,
+        "masked_per_board": float((final == MASK_ID).sum()) / n,
+        "mean_steps": None if steps is None else float(torch.as_tensor(steps).double().mean()),
+        "replay_pct": None,
+        "reveals_per_board": None,
+        "remasks_per_board": None,
+    }
+    if trajectory is not None:
+        stats = replay_statistics(torch.as_tensor(trajectory), MASK_ID)
+        out["replay_pct"] = 100.0 * stats.replay_rate
+        out["reveals_per_board"] = float(stats.reveals.sum()) / n
+        out["remasks_per_board"] = float(stats.remasks.sum()) / n
+    return out
+
+
+def markdown_table(rows: dict) -> str:
+    """``{name: metrics}`` -> a markdown table with the SPEC §5 columns plus mean steps."""
+    lines = ["| variant | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for name, m in rows.items():
+        cells = ["-" if m.get(key) is None else fmt.format(m[key]) for key, _, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["COLUMNS", "board_metrics", "markdown_table"]

@@ -1,0 +1,174 @@
+"""Sudoku task: generator validity, corruption, validator, board files, splits, metrics, checkpoints."""
+import numpy as np
+import pytest
+import torch
+
+from rmkernels.tasks.sudoku.data import format_board, make_boards, parse_boards, read_boards, write_boards
+from rmkernels.tasks.sudoku.grids import (
+    CELL_UNITS,
+    MASK_ID,
+    UNITS,
+    conflict_cells,
+    corrupt,
+    is_valid,
+    sample_grids,
+    seed_grids,
+    transform_grids,
+)
+from rmkernels.tasks.sudoku.metrics import board_metrics, markdown_table
+
+
+def _valid_by_loops(g) -> bool:
+    g = np.asarray(g).reshape(9, 9)
+    units = [g[r] for r in range(9)] + [g[:, c] for c in range(9)]
+    units += [g[3 * (b // 3): 3 * (b // 3) + 3, 3 * (b % 3): 3 * (b % 3) + 3].ravel() for b in range(9)]
+    return all(sorted(u.tolist()) == list(range(9)) for u in units)
+
+
+def _conflicts_by_loops(g) -> np.ndarray:
+    g = np.asarray(g).reshape(9, 9)
+    out = np.zeros((9, 9), bool)
+    for r in range(9):
+        for c in range(9):
+            v = g[r, c]
+            if v == MASK_ID:
+                continue
+            br, bc = 3 * (r // 3), 3 * (c // 3)
+            peers = [(r, j) for j in range(9)] + [(i, c) for i in range(9)]
+            peers += [(i, j) for i in range(br, br + 3) for j in range(bc, bc + 3)]
+            out[r, c] = any(g[i, j] == v for i, j in set(peers) if (i, j) != (r, c))
+    return out.ravel()
+
+
+def test_units_cover_every_cell_three_times():
+    assert UNITS.shape == (27, 9)
+    assert np.bincount(UNITS.ravel(), minlength=81).tolist() == [3] * 81
+    assert all(c in UNITS[u] for c in range(81) for u in CELL_UNITS[c])
+
+
+def test_seed_and_transformed_grids_are_valid_and_distinct():
+    rng = np.random.default_rng(7)
+    pool = seed_grids(13, rng)
+    assert all(_valid_by_loops(g) for g in pool)
+    grids = sample_grids(pool, 500, rng)
+    assert grids.shape == (500, 81) and grids.dtype == np.int64
+    assert all(_valid_by_loops(g) for g in grids[:50])
+    assert bool(is_valid(grids).all())
+    assert len({g.tobytes() for g in grids}) == 500
+    again = transform_grids(pool[:1].repeat(3, 0), rng)
+    assert len({g.tobytes() for g in again}) == 3
+
+
+def test_corrupt_changes_the_requested_number_of_cells_to_other_digits():
+    rng = np.random.default_rng(3)
+    sol = sample_grids(seed_grids(4, rng), 400, rng)
+    bad = corrupt(sol, rng, (4, 20))
+    changed = (bad != sol).sum(1)
+    assert changed.min() >= 4 and changed.max() <= 20
+    assert set(np.unique(changed)) == set(range(4, 21))  # every count occurs in 400 draws
+    assert bad.min() >= 0 and bad.max() <= 8
+    assert not bool(is_valid(bad).any())
+    assert (corrupt(sol[:5], rng, (0, 0)) == sol[:5]).all()
+    with pytest.raises(ValueError, match="count"):
+        corrupt(sol, rng, (5, 4))
+
+
+def test_conflict_cells_match_a_loop_oracle_on_random_boards():
+    rng = np.random.default_rng(11)
+    sol = sample_grids(seed_grids(3, rng), 40, rng)
+    boards = corrupt(sol, rng, (1, 30))
+    boards[rng.random(boards.shape) < 0.1] = MASK_ID  # masked cells are never conflicts
+    got = conflict_cells(boards).numpy()
+    want = np.stack([_conflicts_by_loops(b) for b in boards])
+    assert (got == want).all()
+    assert not conflict_cells(sol).any()
+    valid = is_valid(boards).numpy()
+    assert not valid.any()
+    masked_solution = sol.copy()
+    masked_solution[:, 5] = MASK_ID
+    assert not is_valid(masked_solution).any()  # incomplete is not valid
+    assert is_valid(torch.from_numpy(sol)).all()
+
+
+def test_conflict_cells_hand_made():
+    g = seed_grids(1, np.random.default_rng(0))[0].copy()
+    g[0], g[1] = g[1], g[0]  # swap within a row: the row stays fine, columns and boxes break
+    c = conflict_cells(g[None]).numpy()[0]
+    assert c[0] and c[1]
+    with pytest.raises(ValueError, match="boards"):
+        conflict_cells(np.zeros((2, 80), np.int64))
+
+
+def test_splits_are_deterministic_and_differ(tmp_path):
+    a = make_boards("test", 30, seed=5)
+    b = make_boards("test", 30, seed=5)
+    c = make_boards("val", 30, seed=5)
+    d = make_boards("test", 30, seed=6)
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert not (a[1] == c[1]).all(1).any() and not (a[1] == d[1]).all(1).any()
+    assert is_valid(a[1]).all()
+    with pytest.raises(ValueError, match="split"):
+        make_boards("dev", 3)
+
+
+def test_board_file_round_trip(tmp_path):
+    corrupted, solution = make_boards("val", 17, seed=1)
+    corrupted[0, 3] = MASK_ID
+    path = tmp_path / "b.txt"
+    write_boards(str(path), corrupted, solution)
+    text = path.read_text().splitlines()
+    assert len(text) == 17 and text[0][3] == "0" and len(text[0]) == 163
+    c2, s2 = read_boards(str(path))
+    assert (c2 == corrupted).all() and (s2 == solution).all()
+    assert format_board([0, 8, MASK_ID]) == "190"
+
+
+def test_parser_errors_name_the_line(tmp_path):
+    corrupted, solution = make_boards("val", 2, seed=1)
+    good = f"{format_board(corrupted[0])} {format_board(solution[0])}"
+    sol = format_board(solution[1])
+    cases = [
+        (good[:80] + " " + sol, ":3: board has 80 characters"),
+        (good.replace(" ", " 1"), ":3: solution has 82 characters"),
+        ("x" + good[1:], ":3: board holds the character 'x'"),
+        (good[:82] + "0" + good[83:], ":3: solution holds the character '0'"),
+        (good + " extra", ":3: expected 2 fields"),
+        (good[:82] + sol[1] + sol[0] + sol[2:], ":3: solution is not a valid Sudoku grid"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            parse_boards(["# comment", good, bad, good], source="f")
+    for empty in ([], ["", "# only a comment", "   "]):
+        with pytest.raises(ValueError, match="no boards"):
+            parse_boards(empty, source="f")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt: no boards"):
+        read_boards(str(tmp_path / "empty.txt"))
+
+
+def test_metrics_on_hand_made_trajectory():
+    rng = np.random.default_rng(2)
+    sol = torch.from_numpy(sample_grids(seed_grids(2, rng), 2, rng))  # [2, 81]
+    start = sol.clone()
+    wrong = (sol[0, 0] + 1) % 9
+    start[0, 0] = wrong
+    start[1, 5] = (sol[1, 5] + 4) % 9
+    frames = [start.clone()]
+    f = start.clone(); f[0, 0] = MASK_ID; f[1, 5] = MASK_ID; frames.append(f)  # both re-masked
+    f = f.clone(); f[0, 0] = wrong; f[1, 5] = sol[1, 5]; frames.append(f)  # row 0 replays its mistake
+    f = f.clone(); f[0, 0] = MASK_ID; frames.append(f)  # withdrawn again
+    f = f.clone(); f[0, 0] = sol[0, 0]; frames.append(f)  # fixed
+    traj = torch.stack(frames)  # [5, 2, 81]
+    m = board_metrics(traj[-1], sol, steps=torch.tensor([4, 2]), trajectory=traj)
+    assert m["exact_pct"] == 100.0 and m["valid_pct"] == 100.0 and m["conflicts_per_board"] == 0.0
+    assert m["replay_pct"] == pytest.approx(100.0 * 1 / 3)  # 3 reveals, 1 replay
+    assert m["reveals_per_board"] == 1.5 and m["remasks_per_board"] == 1.5 and m["mean_steps"] == 3.0
+
+    m0 = board_metrics(traj[0], sol)  # the start: one wrong cell per board
+    assert m0["exact_pct"] == 0.0 and m0["valid_pct"] == 0.0 and m0["replay_pct"] is None
+    assert m0["conflicts_per_board"] == float(conflict_cells(traj[0]).sum()) / 2 > 0
+    m2 = board_metrics(traj[1], sol)  # masked cells: neither exact nor valid, no conflicts there
+    assert m2["exact_pct"] == 0.0 and m2["valid_pct"] == 0.0 and m2["masked_per_board"] == 1.0
+    table = markdown_table({"start": m0, "final": m})
+    assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 0.000 | 3.00 |" in table
+    assert "| start | 0.0 | 0.0 | - |" in table
