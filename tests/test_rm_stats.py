@@ -95,7 +95,7 @@ def test_single_row_and_default_tiles():
 @pytest.mark.parametrize("split", [1, 2])
 def test_ties_across_block_boundary(split):
     V, block = 1000, 64
-    logits = torch.randn(4, V)
+    logits = torch.randn(6, V)
     # row 0: equal maxima on both sides of a tile boundary -> lower id
     logits[0, block - 1] = logits[0, block] = 50.0
     # row 1: equal maxima in lane 3 of tile 0 and lane 1 of tile 5 (different lanes)
@@ -106,11 +106,16 @@ def test_ties_across_block_boundary(split):
     mask_id = 700
     logits[3, mask_id] = 60.0
     logits[3, 2 * block - 1] = logits[3, 2 * block] = 50.0
-    tokens = torch.tensor([0, 1, 2, mask_id])
+    # row 4: equal maxima in the SAME lane of different tiles (and different split slices)
+    logits[4, 7] = logits[4, 7 + 9 * block] = 50.0
+    # row 5: the same for the mask-excluded argmax
+    logits[5, mask_id] = 60.0
+    logits[5, 9] = logits[5, 9 + 3 * block] = logits[5, 9 + 12 * block] = 50.0
+    tokens = torch.tensor([0, 1, 2, mask_id, 4, 5])
     fast, ref = run_both(logits, tokens, mask_id, split=split, block_v=block)
     assert_stats_equal(fast, ref)
-    assert fast.top_id.tolist() == [block - 1, 3, 511, mask_id]
-    assert fast.best_id.tolist() == [block - 1, 3, 511, 2 * block - 1]
+    assert fast.top_id.tolist() == [block - 1, 3, 511, mask_id, 7, mask_id]
+    assert fast.best_id.tolist() == [block - 1, 3, 511, 2 * block - 1, 7, 9]
 
 
 def test_mask_holds_max_everywhere():
