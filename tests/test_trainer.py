@@ -157,6 +157,9 @@ def test_bad_input_is_a_clear_error():
         broken = RMDataset(type(good)(**{**good.tensors(), field: t}), vocab_size=V)
         with pytest.raises(ValueError, match=match):
             make_trainer(broken).train_step()
+    no_answer = RMDataset(type(good)(**{**good.tensors(), "part": torch.full_like(good.part, -1)}), vocab_size=V)
+    with pytest.raises(ValueError, match="no answer positions"):
+        make_trainer(no_answer).train_step()
     keep_only = tiny_data(16, corruption_rate=0.0)
     with pytest.raises(ValueError, match="loss_weights=.* zero weight"):
         make_trainer(keep_only, loss_weights=(1.0, 1.0, 0.0)).train_step()
@@ -165,7 +168,7 @@ def test_bad_input_is_a_clear_error():
 @pytest.mark.cuda
 def test_bf16_autocast_training_on_cuda():
     data = tiny_data(256)
-    tr = make_trainer(data, device="cuda", bf16=True, total_steps=60, batch_size=32)
+    tr = make_trainer(data, device="cuda", bf16=True, total_steps=60, batch_size=32, loss_impl="auto")
     assert tr.logits(data.fetch(torch.arange(4))).dtype == torch.bfloat16
     log = tr.fit()
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5

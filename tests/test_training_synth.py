@@ -142,7 +142,7 @@ def test_corruption_count_and_wrong_ids(seed, lo, extra):
     batch = make_batch(traj, targets, answer, mask_id, 4)
     n = (traj.kind != KIND_CLEAN).sum(1)
     cap = answer.sum(1)
-    assert bool(((n >= torch.minimum(torch.tensor(lo), cap)) & (n <= torch.minimum(torch.tensor(lo + extra), cap))).all())
+    assert bool(((n >= cap.clamp(max=lo)) & (n <= cap.clamp(max=lo + extra))).all())
     for b in range(6):
         _check_row(traj, batch, targets, answer, b, mask_id, 4, wrong_ids=digits)
 
@@ -286,7 +286,7 @@ def test_precompute_shards_round_trip(tmp_path):
     for k, v in full.tensors().items():
         assert torch.equal(torch.cat([b.tensors()[k] for b in streamed]), v), k
         assert torch.equal(got.tensors()[k], v[idx]), k
-    assert (ds.vocab_size, ds.mask_id, ds.history_steps, len(ds)) == (V, mask_id, 3, N)
+    assert (ds.vocab_size, ds.mask_id, ds.history_steps, len(ds), ds.config) == (V, mask_id, 3, N, cfg)
     _bad(lambda: ds.fetch(torch.tensor([N])), "indices")
     _bad(lambda: RMDataset.open(str(tmp_path / "missing")), "index.json")
 

@@ -5,7 +5,8 @@
 
 ``--data`` is a directory written by :func:`rmkernels.training.precompute`. The model is built
 from ``--seed`` on every rank (rank 0's parameters are broadcast anyway); checkpoints go to
-``OUT/step_XXXXXXXX.pt`` (every ``--ckpt-every`` steps and at the end). ``--rank-params`` also writes each rank's parameters to ``OUT/params_rank{r}.pt``.
+``OUT/step_XXXXXXXX.pt`` (every ``--ckpt-every`` steps and at the end). ``--rank-params`` also
+writes each rank's parameters to ``OUT/params_rank{r}.pt``.
 """
 from __future__ import annotations
 

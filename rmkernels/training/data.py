@@ -84,7 +84,8 @@ class RMDataset:
     """Precomputed RM examples: in memory (``RMDataset(batch)``) or shards on disk (``RMDataset.open``).
 
     ``fetch(indices)`` gathers rows (loading only the shards it needs, a few kept cached);
-    iterating streams the shards in order as batches.
+    iterating streams the shards in order as batches. Attributes: ``vocab_size``, ``mask_id``,
+    ``history_steps`` and, for opened shards, ``config`` (the SynthConfig) and ``index``.
     """
 
     def __init__(self, batch: RMBatch | None = None, *, vocab_size=None, mask_id=None, _shards=None, cache=2):
@@ -113,7 +114,7 @@ class RMDataset:
         ds = cls(vocab_size=index["vocab_size"], mask_id=index["mask_id"], cache=cache,
                  _shards=(files, [int(s["rows"]) for s in index["shards"]]))
         ds.history_steps = int(index["history_steps"])
-        ds.index = index
+        ds.config, ds.index = SynthConfig.from_dict(index["synth"]), index
         return ds
 
     def __len__(self) -> int:

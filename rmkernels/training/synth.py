@@ -191,7 +191,9 @@ def _check_inputs(targets, answer_mask, attention_mask, row_ids, mask_id, V, con
     if attention_mask is not None:
         check_tensor("attention_mask", attention_mask, dtypes=(torch.bool,), ndim=2)
         if attention_mask.shape != targets.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != targets shape {tuple(targets.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != targets shape {tuple(targets.shape)}"
+            )
         if bool((answer_mask & ~attention_mask).any()):
             raise ValueError("answer_mask marks positions that attention_mask excludes (padding)")
     if row_ids is not None:

@@ -11,6 +11,9 @@ times the part sizes); the gradients and ``(S_k, N_k)`` are summed across ranks 
 the global weight once. The result does not depend on how the global batch is split over ranks
 and micro-batches (up to float summation order).
 
+One host synchronisation per optimizer step reads the reduced loss statistics (logging and the
+zero-weight check).
+
 Determinism: the example indices of step ``s`` are :func:`~rmkernels.training.data.global_batch_indices`
 ``(seed, s)`` and online data is synthesised from ``(data seed, s)``, so the batches are a pure
 function of the step; checkpoints also hold every rank's RNG states (dropout), and resuming gives
@@ -243,9 +246,12 @@ class Trainer:
             stats += torch.cat([weighted.detach()[None].double(), sums.detach().double(), counts.to(self.device)])
         all_reduce_sum_([stats])
         all_reduce_sum_([p.grad for p in self.params])
-        s = stats.tolist()
+        s = stats.tolist()  # the step's one host synchronisation
         W = float(torch.tensor(s[4:7], dtype=torch.float64) @ w)
         if W == 0.0:
+            self.optimizer.zero_grad(set_to_none=False)
+            if sum(s[4:7]) == 0:
+                raise ValueError(f"data: the global batch of step {self.step} has no answer positions (part is -1)")
             raise ValueError(f"loss_weights={cfg.loss_weights} give zero weight to every position of step {self.step}")
         for p in self.params:
             p.grad.div_(W)
