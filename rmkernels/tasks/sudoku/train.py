@@ -1,4 +1,5 @@
-"""Training for the Sudoku task: base MDM pretraining on solution grids.
+"""Training for the Sudoku task: base MDM pretraining on solution grids, and the command line of
+both stages (``base``; ``variant``: RM post-training, :mod:`rmkernels.tasks.sudoku.posttrain`).
 
 Base pretraining is a standard masked diffusion objective: per grid ``t ~ U(0, 1)``, each cell is
 masked with probability ``t`` (at least one cell), and the loss is the cross-entropy on the masked
@@ -29,11 +30,12 @@ from rmkernels.models import TinyMDM, TinyMDMConfig
 from rmkernels.tasks.sudoku.checkpoint import _atomic_write, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
+from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
 
 
 @dataclass
 class PretrainConfig:
-    steps: int = 15000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -167,6 +169,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--no-resume", action="store_true")
     _add_dataclass_args(b, PretrainConfig)
+    v = sub.add_parser("variant", help="post-train one RM variant from the base MDM")
+    v.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    v.add_argument("--base", required=True, help="base MDM checkpoint (.safetensors)")
+    v.add_argument("--out", required=True, help="run directory (checkpoint, trainer states, metrics)")
+    v.add_argument("--threads", type=int, default=1)
+    _add_dataclass_args(v, PostTrainConfig)
     return p
 
 
@@ -175,7 +183,10 @@ def run(args) -> int:
     if args.stage == "base":
         cfg = PretrainConfig(**{k: getattr(args, k) for k in PretrainConfig.__dataclass_fields__})
         path = pretrain(cfg, args.out, log=lambda s: print(s, flush=True), resume=not args.no_resume)
-        print(f"wrote {path}", flush=True)
+    else:
+        cfg = PostTrainConfig(**{k: getattr(args, k) for k in PostTrainConfig.__dataclass_fields__})
+        path = posttrain(args.variant, args.base, args.out, cfg, log=lambda s: print(s, flush=True))
+    print(f"wrote {path}", flush=True)
     return 0
 
 

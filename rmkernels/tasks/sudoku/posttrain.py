@@ -1,0 +1,142 @@
+"""Reflective Masking post-training of the Sudoku variants from the base MDM (SPEC §4, §5).
+
+Every variant starts from the same base checkpoint and sees the same data: solution grids of the
+train split, each with 4-20 noisy cells (wrong digits drawn uniformly from the base model's top-k
+with the gold digit excluded; for k >= 8 that is every other digit; or masked), a 6-frame synthetic trajectory and oracle labels
+(:mod:`rmkernels.training`). They differ only in History Reference:
+
+| variant | history | decay | rotation |
+|---|---|---|---|
+| ``rm`` | - | - | - |
+| ``rm_hist`` | 6 states | 0 | no |
+| ``rm_hist_decay`` | 6 states | ``decay`` | no |
+| ``full`` | 6 states | ``decay`` | yes |
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from rmkernels.history import HistoryNorm
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint, save_checkpoint
+from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
+from rmkernels.tasks.sudoku.grids import CELLS, DIGITS, MASK_ID, sample_grids, seed_grids
+
+HISTORY_STEPS = 6
+VARIANTS = {  # name -> (history_steps, use decay, rotate)
+    "rm": (0, False, False),
+    "rm_hist": (HISTORY_STEPS, False, False),
+    "rm_hist_decay": (HISTORY_STEPS, True, False),
+    "full": (HISTORY_STEPS, True, True),
+}
+
+
+@dataclass
+class PostTrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    decay: float = 0.5  # history decay lambda of the *_decay and full variants
+    wrong_fraction: float = 0.8
+    topk: int = 8
+    frames: int = 6
+    seed: int = 0
+    data_seed: int = DEFAULT_SEED
+    pool_size: int = 4096
+    targets: int = 65536  # solution grids the synthesis draws from (fresh corruption every step)
+    eval_every: int = 500
+    ckpt_every: int = 500
+    val_boards: int = 256
+
+
+def variant_settings(variant: str, decay: float) -> dict:
+    """The History Reference settings (training and decoding) of a variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    steps, use_decay, rotate = VARIANTS[variant]
+    return {"history_steps": steps, "history_decay": float(decay) if use_decay else 0.0, "history_rotate": rotate}
+
+
+@torch.no_grad()
+def detection_stats(model, corrupted: np.ndarray, solution: np.ndarray) -> dict:
+    """First-step re-mask quality on corrupted boards (no history yet): recall of wrong cells
+    (``p(M) > p(current)``) and the share of correct cells re-masked."""
+    p = torch.softmax(model(input_ids=torch.from_numpy(corrupted)).float(), -1)  # [N, 81, V]
+    cur = p.gather(2, torch.from_numpy(corrupted)[..., None])[..., 0]
+    remask = (p[..., MASK_ID] > cur).numpy()
+    wrong = corrupted != solution
+    return {"recall": float(remask[wrong].mean()), "false_remask": float(remask[~wrong].mean())}
+
+
+def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, log=print, eval_fn=None) -> str:
+    """Post-train one variant; writes ``out_dir/model.safetensors`` (+ .json) and returns its path.
+
+    ``eval_fn(model, history_norm, settings) -> dict``, if given, is logged every ``eval_every``
+    steps next to the loss parts and :func:`detection_stats`.
+    """
+    from rmkernels.training import SynthConfig, SynthData, TrainConfig, Trainer
+
+    settings = variant_settings(variant, cfg.decay)
+    base, _, base_meta = load_checkpoint(base_path)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    H = settings["history_steps"]
+    norm = HistoryNorm(model.config.dim) if H else None
+    rng = split_rng("train", cfg.data_seed)
+    targets = torch.from_numpy(sample_grids(seed_grids(cfg.pool_size, rng), cfg.targets, rng))  # [N, 81]
+    synth = SynthConfig(corruption_rate=None, corruption_count=(4, 20), wrong_fraction=cfg.wrong_fraction,
+                        topk=cfg.topk, frames=cfg.frames, history_steps=HISTORY_STEPS, wrong_ids=tuple(range(DIGITS)))
+    # with topk >= 8 the base model's top-k over the 8 non-gold digits is all of them: the draw is
+    # uniform either way, so the base forward is skipped (same distribution, ~25% less compute)
+    proposer = base if cfg.topk < DIGITS - 1 else None
+    data = SynthData(targets, torch.ones_like(targets, dtype=torch.bool), MASK_ID, synth, base_model=proposer,
+                     seed=cfg.seed, vocab_size=model.config.vocab_size)
+    val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
+    os.makedirs(out_dir, exist_ok=True)
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    t0 = time.time()
+
+    def hook(trainer):
+        recent = trainer.log[-cfg.eval_every:]
+        row = {"step": trainer.step, "wall_s": round(time.time() - t0, 1)}
+        row.update({k: round(sum(r[k] for r in recent) / len(recent), 4) for k in ("loss", "reveal", "mask", "keep")})
+        row.update(detection_stats(trainer.model, val_c, val_s))
+        if eval_fn is not None:
+            row.update(eval_fn(trainer.model, trainer.history_norm, settings))
+        log(json.dumps(row))
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    tcfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, total_steps=cfg.steps,
+                       min_lr_ratio=cfg.min_lr_ratio, batch_size=cfg.batch_size, bf16=False,
+                       history_steps=H, history_decay=settings["history_decay"],
+                       history_rotate=settings["history_rotate"], log_every=0, eval_every=cfg.eval_every,
+                       ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
+                       progress=False)
+    trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
+    trainer.fit(resume=True)
+    meta = {
+        "kind": "rm_variant", "variant": variant, "decode": settings, "config": asdict(cfg),
+        "synth": synth.to_dict(), "base": {"path": base_path, "config": base_meta.get("config"),
+                                            "wall_s": base_meta.get("wall_s"), "command": base_meta.get("command")},
+        "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1), "steps": trainer.step,
+    }
+    return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
+
+
+__all__ = ["PostTrainConfig", "VARIANTS", "detection_stats", "posttrain", "variant_settings"]

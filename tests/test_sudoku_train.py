@@ -1,0 +1,94 @@
+"""Sudoku training: checkpoints, the MDM objective, deterministic resume, RM post-training smoke runs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rmkernels.history import HistoryNorm
+from rmkernels.models import TinyMDM, TinyMDMConfig
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint, save_checkpoint
+from rmkernels.tasks.sudoku.grids import MASK_ID, sample_grids, seed_grids
+from rmkernels.tasks.sudoku.train import PretrainConfig, mask_batch, mdm_loss, pretrain
+
+TINY = dict(dim=16, depth=1, heads=2)
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return TinyMDM(TinyMDMConfig(vocab_size=10, max_len=81, **TINY))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_checkpoint_round_trip(tmp_path, dtype):
+    model = _tiny_model()
+    norm = HistoryNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    path = save_checkpoint(str(tmp_path / "m.safetensors"), model, {"variant": "x"}, history_norm=norm, dtype=dtype)
+    assert not list(tmp_path.glob("*.tmp"))
+    loaded, lnorm, meta = load_checkpoint(path)
+    assert meta["variant"] == "x" and meta["model_config"]["dim"] == 16
+    x = torch.randint(0, 10, (3, 81))
+    tol = 0 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(loaded(input_ids=x), model(input_ids=x), atol=tol, rtol=tol)
+    torch.testing.assert_close(lnorm.weight, norm.weight.detach(), atol=tol, rtol=tol)
+    _, no_norm, _ = load_checkpoint(save_checkpoint(str(tmp_path / "plain"), model))
+    assert no_norm is None
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.safetensors"))
+
+
+def test_mask_batch_and_loss():
+    rng = np.random.default_rng(0)
+    grids = sample_grids(seed_grids(2, rng), 64, rng)
+    inputs, masked, t = mask_batch(grids, rng)
+    assert masked.any(1).all() and (inputs[masked] == MASK_ID).all() and (inputs[~masked] == grids[~masked]).all()
+    assert 0.3 < masked.mean() < 0.7 and t.shape == (64,)
+    model = _tiny_model()
+    for weighting in ("token", "1/t"):
+        loss = mdm_loss(model, grids, np.random.default_rng(1), weighting)
+        assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0
+    with pytest.raises(ValueError, match="weighting"):
+        mdm_loss(model, grids, rng, "elbo")
+
+
+def _cfg(steps):
+    return PretrainConfig(steps=steps, batch_size=8, warmup=2, pool_size=8, val_boards=8, eval_every=2,
+                          ckpt_every=2, **TINY)
+
+
+def test_pretrain_resume_matches_an_uninterrupted_run(tmp_path):
+    full = pretrain(_cfg(4), str(tmp_path / "a"), log=lambda s: None)
+    pretrain(_cfg(2), str(tmp_path / "b"), log=lambda s: None)
+    resumed = pretrain(_cfg(4), str(tmp_path / "b"), log=lambda s: None)  # continues from step 2
+    ma, _, meta = load_checkpoint(full)
+    mb, _, _ = load_checkpoint(resumed)
+    for (k, a), (_, b) in zip(ma.state_dict().items(), mb.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert meta["step"] == 4 and meta["kind"] == "base"
+    rows = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4] and all("fill4_20" in r for r in rows)
+
+
+def test_posttrain_smoke(tmp_path):
+    pytest.importorskip("rmkernels.training.trainer")
+    from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain, variant_settings
+
+    base = pretrain(_cfg(2), str(tmp_path / "base"), log=lambda s: None)
+    cfg = PostTrainConfig(steps=2, batch_size=8, warmup=1, pool_size=4, targets=32, val_boards=8, eval_every=1,
+                          ckpt_every=1)
+    logs = []
+    path = posttrain("full", base, str(tmp_path / "full"), cfg, log=logs.append)
+    model, norm, meta = load_checkpoint(path)
+    assert norm is not None and norm.dim == 16
+    assert meta["decode"] == variant_settings("full", cfg.decay) == {
+        "history_steps": 6, "history_decay": 0.5, "history_rotate": True}
+    assert [json.loads(x)["step"] for x in logs] == [1, 2]
+    base_model, _, _ = load_checkpoint(base)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), base_model.state_dict().values()))
+    _, no_norm, meta_rm = load_checkpoint(posttrain("rm", base, str(tmp_path / "rm"), cfg, log=logs.append))
+    assert no_norm is None and meta_rm["decode"]["history_steps"] == 0
+    with pytest.raises(ValueError, match="variant"):
+        variant_settings("rm_full", 0.5)
