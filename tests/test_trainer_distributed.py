@@ -5,20 +5,12 @@ import sys
 
 import pytest
 import torch
-from test_trainer import MASK, V, tiny_task
+from test_trainer import MASK, V, _one_thread, tiny_task  # noqa: F401 (autouse fixture)
 
 from rmkernels.training import SynthConfig, precompute
 from rmkernels.training.__main__ import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_two_process_gloo_run_matches_single_process(tmp_path):
