@@ -8,8 +8,6 @@ import rmkernels.ops.rm_loss as rm_loss_mod
 from rmkernels.ops.linear_loss import rm_linear_loss
 from rmkernels.reference.loss import RMLoss, rm_linear_loss_reference
 
-pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
-
 CHUNKED = ["triton", "torch"]
 UNEVEN = (0.7, 2.0, 0.25)
 

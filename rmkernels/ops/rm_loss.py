@@ -47,7 +47,7 @@ def _row_lse(base, V, active, BLOCK_V: tl.constexpr):
         ok = m_new > NEG_INF  # guards exp(-inf - -inf) while the row is all -inf so far
         s = s * tl.where(ok, tl.exp(m - m_new), 0.0) + tl.sum(tl.where(ok, tl.exp(z - m_new), 0.0), axis=0)
         m = m_new
-    return m + tl.log(s)
+    return m + tl.log(tl.where(s == 0.0, 1.0, s))  # s == 0 only for all -inf rows: lse = -inf; NaN stays
 
 
 @triton.jit
