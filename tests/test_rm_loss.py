@@ -169,6 +169,11 @@ def test_narrow_integer_inputs(label_dtype):
     logits, labels, part = make_inputs((3, 4), 37)
     part.view(-1)[0] = 1
     check_against_reference(logits, labels.to(label_dtype), part.to(torch.int8), block_v=16)
+    part = part.clamp(min=0).to(torch.uint8)  # uint8 part ids cannot say -1; 255 is unknown, not "ignore"
+    check_against_reference(logits, labels.to(label_dtype), part, block_v=16)
+    part[1, 1] = 255
+    with pytest.raises(ValueError, match="part"):
+        rm_loss(logits, labels, part)
 
 
 def test_kernel_outputs_fully_written():

@@ -41,7 +41,8 @@ def _chunk_triton(z, labels, part, coef, write_grad: bool, block_v: int) -> torc
 
 
 def _chunk_torch(z, labels, part, coef, write_grad: bool, block_v: int) -> torch.Tensor:
-    """Eager torch version of :func:`_chunk_triton` (CPU path; float32 work buffer ``[C, V]``)."""
+    """Eager torch version of :func:`_chunk_triton` (CPU path; one float32 work buffer ``[C, V]``
+    unless ``z`` is float32 already)."""
     V = z.shape[-1]
     zf = z.float()  # [C, V]
     lse = torch.logsumexp(zf, dim=-1)  # [C]
@@ -52,7 +53,7 @@ def _chunk_torch(z, labels, part, coef, write_grad: bool, block_v: int) -> torch
     ce = torch.where(active, torch.where(y_ok, lse - zf.gather(1, idx)[:, 0], nan), 0.0)
     if write_grad:
         scale = torch.where(active, torch.where(y_ok, coef, nan), 0.0)[:, None]  # [C, 1]
-        g = (zf - lse[:, None]).exp_().scatter_add_(1, idx, -y_ok[:, None].float())
+        g = zf.sub_(lse[:, None]).exp_().scatter_add_(1, idx, -y_ok[:, None].float())  # in place: zf is spent
         z.copy_(g.mul_(scale).masked_fill_(scale == 0, 0.0))
     return ce
 

@@ -220,7 +220,7 @@ def _check_targets(name: str, x: torch.Tensor, labels, part) -> None:
 
 def _row_weights(part: torch.Tensor, weights) -> torch.Tensor:
     """``w[part_i]`` as float32 ``[N]``: 0 for ignored rows, NaN for unknown part ids."""
-    pt = part.reshape(-1)
+    pt = part.reshape(-1).long()  # uint8 ids must not wrap in the comparisons
     w = torch.where(pt == -1, 0.0, float("nan"))  # python scalars: no host-to-device copy
     for k in (PART_REVEAL, PART_MASK, PART_KEEP):
         w = torch.where(pt == k, weights[k], w)
@@ -229,8 +229,8 @@ def _row_weights(part: torch.Tensor, weights) -> torch.Tensor:
 
 def _validate_rows(labels: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor, V: int, weights) -> None:
     """Data checks on ``labels`` / ``part`` (one host synchronisation); raises ValueError."""
-    y = labels.reshape(-1)
-    pt = part.reshape(-1)
+    y = labels.reshape(-1).long()
+    pt = part.reshape(-1).long()
     unknown = (pt < -1) | (pt > PART_KEEP)
     active = pt >= 0
     bad_label = active & ((y < 0) | (y >= V))
