@@ -172,3 +172,24 @@ def test_metrics_on_hand_made_trajectory():
     table = markdown_table({"start": m0, "final": m})
     assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 0.000 | 3.00 |" in table
     assert "| start | 0.0 | 0.0 | - |" in table
+
+
+def test_shipped_test_split_is_the_generated_one():
+    from importlib.resources import files
+
+    corrupted, solution = read_boards(str(files("rmkernels") / "data" / "sudoku_test.txt"))
+    assert corrupted.shape == (1000, 81)
+    changed = (corrupted != solution).sum(1)
+    assert changed.min() >= 4 and changed.max() <= 20
+    c2, s2 = make_boards("test", 1000, seed=1234)
+    assert (c2 == corrupted).all() and (s2 == solution).all()
+
+
+def test_cli_make_boards(tmp_path):
+    from rmkernels.cli import main
+
+    out = tmp_path / "boards.txt"
+    assert main(["sudoku", "make-boards", "--split", "val", "--n", "7", "--seed", "3", "--out", str(out)]) == 0
+    c, s = read_boards(str(out))
+    c2, s2 = make_boards("val", 7, seed=3)
+    assert (c == c2).all() and (s == s2).all()
