@@ -26,7 +26,7 @@ CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 LOSS_SHAPES = [(1024, 32000), (4096, 126464)] if CUDA else [(256, 32000)]
-LINEAR_SHAPES = [(8192, 4096, 126464), (4096, 2048, 32000)] if CUDA else [(1024, 256, 32000)]
+LINEAR_SHAPES = [(8192, 4096, 126464), (4096, 2048, 32000)] if CUDA else [(2048, 256, 32000)]
 
 
 def _sync():
