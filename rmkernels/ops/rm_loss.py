@@ -125,8 +125,9 @@ def _launch_fwd(logits, labels, part, coef, block_v: int, write_grad: bool):
     ce, lse = (_new_output(N, torch.float32, logits.device) for _ in range(2))
     if N:
         block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+        coef = ce if coef is None else coef  # any float32 pointer: unread without WRITE_GRAD
         _rm_ce_fwd_kernel[(N,)](
-            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), ce if coef is None else coef, ce, lse,
+            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), coef, ce, lse,
             V, L1, st0, st1, WRITE_GRAD=write_grad, BLOCK_V=block, num_warps=8 if block >= 4096 else 4,
         )
     return ce, lse
