@@ -5,6 +5,7 @@ import torch
 from conftest import HAS_CUDA, poison_like
 import rmkernels.ops.rm_stats as rm_stats_mod
 from rmkernels import RMStats, rm_stats
+from rmkernels._ext import extension_available
 from rmkernels.reference import rm_stats_reference
 
 ATOL = 1e-5
@@ -32,9 +33,18 @@ def assert_stats_equal(a: RMStats, b: RMStats, atol=ATOL):
             torch.testing.assert_close(x, y, atol=atol, rtol=0, equal_nan=True, msg=name)
 
 
-def run_both(logits, tokens, mask_id, **kw):
-    fast = rm_stats(logits, tokens, mask_id, impl="triton", **kw)
-    kw.pop("split", None), kw.pop("block_v", None)
+KERNELS = ["triton"] + (["cpp"] if extension_available("cpu") and not HAS_CUDA else [])
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """Each kernel implementation that can run here (Triton: GPU or interpreter; C++: CPU)."""
+    return request.param
+
+
+def run_both(logits, tokens, mask_id, kernel="triton", **kw):
+    tuning = {k: kw.pop(k) for k in ("split", "block_v") if k in kw}
+    fast = rm_stats(logits, tokens, mask_id, impl=kernel, **(tuning if kernel == "triton" else {}), **kw)
     ref = rm_stats(logits, tokens, mask_id, impl="reference", **kw)
     return fast, ref
 
@@ -64,36 +74,36 @@ def test_reference_hand_example():
 @pytest.mark.parametrize("V", [1, 7, 1000, 5003])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("split", [1, 3])
-def test_matches_reference(V, dtype, split):
+def test_matches_reference(V, dtype, split, kernel):
     N = 6
     logits = (torch.randn(N, V) * 3).to(dtype)
     tokens = torch.randint(0, V, (N,))
     mask_id = int(torch.randint(0, V, ()))
     tokens[0] = mask_id  # current token == mask: cur_p must equal mask_p
-    fast, ref = run_both(logits, tokens, mask_id, split=split, block_v=256)
+    fast, ref = run_both(logits, tokens, mask_id, kernel, split=split, block_v=256)
     assert_stats_equal(fast, ref)
     torch.testing.assert_close(fast.cur_p[0], fast.mask_p[0])
 
 
 @pytest.mark.parametrize("split", [1, 4])
-def test_large_vocab_prime(split):
+def test_large_vocab_prime(split, kernel):
     V = 32771  # prime, many tiles
     logits = torch.randn(2, V)
     tokens = torch.randint(0, V, (2,))
-    fast, ref = run_both(logits, tokens, V - 1, split=split, block_v=2048)
+    fast, ref = run_both(logits, tokens, V - 1, kernel, split=split, block_v=2048)
     assert_stats_equal(fast, ref)
 
 
-def test_single_row_and_default_tiles():
+def test_single_row_and_default_tiles(kernel):
     V = 3001
     logits = torch.randn(1, V)
     tokens = torch.randint(0, V, (1,))
-    fast, ref = run_both(logits, tokens, 5)
+    fast, ref = run_both(logits, tokens, 5, kernel)
     assert_stats_equal(fast, ref)
 
 
 @pytest.mark.parametrize("split", [1, 2])
-def test_ties_across_block_boundary(split):
+def test_ties_across_block_boundary(split, kernel):
     V, block = 1000, 64
     logits = torch.randn(6, V)
     # row 0: equal maxima on both sides of a tile boundary -> lower id
@@ -112,24 +122,24 @@ def test_ties_across_block_boundary(split):
     logits[5, mask_id] = 60.0
     logits[5, 9] = logits[5, 9 + 3 * block] = logits[5, 9 + 12 * block] = 50.0
     tokens = torch.tensor([0, 1, 2, mask_id, 4, 5])
-    fast, ref = run_both(logits, tokens, mask_id, split=split, block_v=block)
+    fast, ref = run_both(logits, tokens, mask_id, kernel, split=split, block_v=block)
     assert_stats_equal(fast, ref)
     assert fast.top_id.tolist() == [block - 1, 3, 511, mask_id, 7, mask_id]
     assert fast.best_id.tolist() == [block - 1, 3, 511, 2 * block - 1, 7, 9]
 
 
-def test_mask_holds_max_everywhere():
+def test_mask_holds_max_everywhere(kernel):
     V = 777
     logits = torch.randn(5, V)
     mask_id = 776  # last id, inside the last partial tile
     logits[:, mask_id] = 20.0
     tokens = torch.randint(0, V, (5,))
-    fast, ref = run_both(logits, tokens, mask_id, block_v=128)
+    fast, ref = run_both(logits, tokens, mask_id, kernel, block_v=128)
     assert_stats_equal(fast, ref)
     assert (fast.top_id == mask_id).all() and (fast.best_id != mask_id).all()
 
 
-def test_neg_inf_entries_are_fine():
+def test_neg_inf_entries_are_fine(kernel):
     V = 300
     logits = torch.randn(3, V)
     logits[0, :250] = float("-inf")  # whole leading tiles of -inf
@@ -137,12 +147,12 @@ def test_neg_inf_entries_are_fine():
     logits[2, 1:] = float("-inf")  # a single finite entry
     tokens = torch.tensor([0, 0, 5])  # tokens with p = 0
     for split in (1, 3):
-        fast, ref = run_both(logits, tokens, 7, split=split, block_v=64)
+        fast, ref = run_both(logits, tokens, 7, kernel, split=split, block_v=64)
         assert_stats_equal(fast, ref)
     assert fast.cur_p[0] == 0 and fast.top_id[2] == 0 and fast.top_p[2] == 1
 
 
-def test_strided_rows_and_leading_shapes():
+def test_strided_rows_and_leading_shapes(kernel):
     B, L, V = 3, 9, 517
     full = torch.randn(B, L, V)
     views = {
@@ -156,19 +166,19 @@ def test_strided_rows_and_leading_shapes():
     for name, logits in views.items():
         tokens = torch.randint(0, V, logits.shape[:-1])
         for split in (1, 2):
-            fast, ref = run_both(logits, tokens, 11, split=split, block_v=128)
+            fast, ref = run_both(logits, tokens, 11, kernel, split=split, block_v=128)
             assert fast.top_id.shape == tokens.shape, name
             assert_stats_equal(fast, ref)
             # same answer as the contiguous copy
-            assert_stats_equal(fast, rm_stats(logits.contiguous(), tokens, 11, impl="triton", block_v=128))
+            assert_stats_equal(fast, run_both(logits.contiguous(), tokens, 11, kernel, block_v=128)[0])
 
 
-def test_token_dtypes():
+def test_token_dtypes(kernel):
     V = 250
     logits = torch.randn(4, V)
     for dt in (torch.int32, torch.int64, torch.int16, torch.uint8):
         tokens = torch.randint(0, V, (4,)).to(dt)
-        fast, ref = run_both(logits, tokens, 3, block_v=64)
+        fast, ref = run_both(logits, tokens, 3, kernel, block_v=64)
         assert_stats_equal(fast, ref)
 
 
@@ -183,15 +193,15 @@ def test_auto_split_plan():
 # --------------------------------------------------------------------------------------------
 # Gumbel-max sampling
 # --------------------------------------------------------------------------------------------
-def test_gumbel_same_seed_same_ids_and_matches_reference():
+def test_gumbel_same_seed_same_ids_and_matches_reference(kernel):
     V = 1000
     logits = torch.randn(64, V)
     tokens = torch.randint(0, V, (64,))
     seed = int(torch.randint(0, 2**31, ()))
-    a = rm_stats(logits, tokens, 3, temperature=0.8, seed=seed, impl="triton", block_v=128)
-    b = rm_stats(logits, tokens, 3, temperature=0.8, seed=seed, impl="triton", block_v=128, split=3)
+    a = run_both(logits, tokens, 3, kernel, temperature=0.8, seed=seed, block_v=128)[0]
+    b = run_both(logits, tokens, 3, kernel, temperature=0.8, seed=seed, block_v=128, split=3)[0]
     assert torch.equal(a.top_id, b.top_id) and torch.equal(a.best_id, b.best_id)
-    c = rm_stats(logits, tokens, 3, temperature=0.8, seed=seed + 1, impl="triton", block_v=128)
+    c = run_both(logits, tokens, 3, kernel, temperature=0.8, seed=seed + 1, block_v=128)[0]
     assert not torch.equal(a.top_id, c.top_id)
     ref = rm_stats(logits, tokens, 3, temperature=0.8, seed=seed, impl="reference")
     # same noise bits; float32 log may differ in the last ulp between numpy and torch, so allow
@@ -204,14 +214,14 @@ def test_gumbel_same_seed_same_ids_and_matches_reference():
     assert (a.best_id != 3).all()
 
 
-def test_gumbel_frequencies_match_softmax():
+def test_gumbel_frequencies_match_softmax(kernel):
     """Chi-square goodness of fit of 6000 draws against softmax(z / T) (threshold: p < 1e-6 fails)."""
     V, N, T = 6, 6000, 0.7
     z = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5, -3.0])
     logits = z.expand(N, V)  # stride-0 rows: also exercises a zero row stride
     tokens = torch.zeros(N, dtype=torch.long)
     seed = int(torch.randint(0, 2**31, ()))
-    ids = rm_stats(logits, tokens, 5, temperature=T, seed=seed, impl="triton").top_id
+    ids = rm_stats(logits, tokens, 5, temperature=T, seed=seed, impl=kernel).top_id
     counts = torch.bincount(ids, minlength=V).double()
     expected = torch.softmax(z.double() / T, -1) * N
     chi2 = float(((counts - expected) ** 2 / expected).sum())
@@ -219,23 +229,23 @@ def test_gumbel_frequencies_match_softmax():
     assert chi2 < 35.9, (counts.tolist(), expected.tolist())
 
 
-def test_gumbel_offset_tensor_is_batch_invariant():
+def test_gumbel_offset_tensor_is_batch_invariant(kernel):
     V, N = 500, 16
     logits = torch.randn(N, V)
     tokens = torch.randint(0, V, (N,))
     counters = torch.randint(-(2**40), 2**40, (N,))
     perm = torch.randperm(N)
-    a = rm_stats(logits, tokens, 0, temperature=1.0, seed=7, offset=counters, impl="triton", block_v=128)
-    b = rm_stats(logits[perm], tokens[perm], 0, temperature=1.0, seed=7, offset=counters[perm], impl="triton", block_v=128)
+    a = rm_stats(logits, tokens, 0, temperature=1.0, seed=7, offset=counters, impl=kernel)
+    b = rm_stats(logits[perm], tokens[perm], 0, temperature=1.0, seed=7, offset=counters[perm], impl=kernel)
     assert torch.equal(a.top_id[perm], b.top_id)
-    single = rm_stats(logits[4:5], tokens[4:5], 0, temperature=1.0, seed=7, offset=counters[4:5], impl="triton")
+    single = rm_stats(logits[4:5], tokens[4:5], 0, temperature=1.0, seed=7, offset=counters[4:5], impl=kernel)
     assert single.top_id[0] == a.top_id[4]
 
 
 # --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("impl", KERNELS + ["reference"])
 def test_bad_input(impl):
     V = 50
     z = torch.randn(4, V)
@@ -262,7 +272,7 @@ def test_bad_input(impl):
             rm_stats(args.pop("logits"), args.pop("tokens"), args.pop("mask_id"), impl=impl, **args)
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("impl", KERNELS + ["reference"])
 def test_bad_rows_are_reported(impl):
     V = 200
     x = torch.randint(0, V, (3,))
@@ -283,15 +293,14 @@ def test_bad_rows_are_reported(impl):
 
 
 @pytest.mark.parametrize("split", [1, 2])
-def test_unchecked_bad_rows_get_sentinels(split):
+def test_unchecked_bad_rows_get_sentinels(split, kernel):
     V = 300
     z = torch.randn(4, V)
     z[0, 299] = float("nan")
     z[1] = float("-inf")
     x = torch.randint(0, V, (4,))
     x[2] = 10**9  # far out of range: must never be dereferenced
-    out = rm_stats(z, x, 0, impl="triton", check=False, split=split, block_v=64)
-    ref = rm_stats(z, x, 0, impl="reference", check=False)
+    out, ref = run_both(z, x, 0, kernel, check=False, split=split, block_v=64)
     for t in (out, ref):
         assert t.top_id[:3].tolist() == [-1, -1, -1] and t.best_id[:3].tolist() == [-1, -1, -1]
         assert torch.isnan(t.top_p[:3]).all() and torch.isnan(t.cur_p[:3]).all()
@@ -370,3 +379,15 @@ def test_torch_compile():
     assert torch.equal(top, ref.top_id)
     assert torch.equal(new, torch.where(ref.mask_p > ref.cur_p, 5, tokens))
 
+
+
+@pytest.mark.skipif("cpp" not in KERNELS, reason="rmkernels._C not built")
+def test_opcheck_cpp():
+    V = 130
+    z = torch.randn(3, V)
+    x = torch.randint(0, V, (3,))
+    outs = rm_stats_mod._alloc_outputs(3, z.device)
+    torch.library.opcheck(
+        torch.ops.rmkernels.rm_stats_cpu_out.default, (z, x, torch.arange(3), 3, 0, V, 4, 0.0, 0, *outs),
+        test_utils=("test_schema",),
+    )

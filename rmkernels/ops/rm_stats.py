@@ -21,7 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
-from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_index, check_same_device, check_tensor, resolve_impl
+from rmkernels._ext import extension_available, require_extension
+from rmkernels._utils import (
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    check_index,
+    check_same_device,
+    check_tensor,
+    resolve_impl,
+    triton_interpret,
+)
 from rmkernels.ops._triton_rng import gumbel, row_key
 from rmkernels.reference.rm_stats import (
     STATUS_ALL_NEG_INF,
@@ -265,6 +274,12 @@ def _new_output(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return torch.empty(n, dtype=dtype, device=device)
 
 
+def _alloc_outputs(n: int, device: torch.device):
+    """``(top_id, top_p, mask_p, cur_p, best_id, best_p, status)``, each ``[n]``."""
+    i64, f32 = torch.int64, torch.float32
+    return tuple(_new_output(n, dt, device) for dt in (i64, f32, f32, f32, i64, f32, torch.int32))
+
+
 @torch.library.custom_op("rmkernels::rm_stats_triton", mutates_args=())
 def _rm_stats_triton(
     logits: torch.Tensor,
@@ -280,17 +295,13 @@ def _rm_stats_triton(
     z, N, L1, st0, st1 = _row_layout(logits)
     device = logits.device
     x = tokens.reshape(-1)
-    top_id = _new_output(N, torch.int64, device)
-    best_id = _new_output(N, torch.int64, device)
-    top_p, mask_p, cur_p, best_p = (_new_output(N, torch.float32, device) for _ in range(4))
-    status = _new_output(N, torch.int32, device)
+    outs = _alloc_outputs(N, device)
     if N == 0:
-        return top_id, top_p, mask_p, cur_p, best_id, best_p, status
+        return outs
     sample = temperature > 0
     inv_temp = 1.0 / temperature if sample else 1.0
     block = block_v if block_v > 0 else _pick_block(V, z.element_size())
     S = _plan(N, V, block, device, split if split > 0 else None)
-    outs = (top_id, top_p, mask_p, cur_p, best_id, best_p, status)
     nw = 8 if block >= 4096 else 4
     if S == 1:
         _rm_stats_fused_kernel[(N,)](
@@ -310,7 +321,7 @@ def _rm_stats_triton(
             z, x, part_f, part_i, *outs, V, L1, st0, st1, mask_id, S,
             BLOCK_S=max(16, triton.next_power_of_2(S)), num_warps=1,
         )
-    return top_id, top_p, mask_p, cur_p, best_id, best_p, status
+    return outs
 
 
 @_rm_stats_triton.register_fake
@@ -333,6 +344,17 @@ def _raise_on_status(status: torch.Tensor) -> None:
     if present[1]:
         raise ValueError(f"logits contains NaN (first bad flattened rows: {rows(STATUS_NAN)})")
     raise ValueError(f"logits has rows that are entirely -inf (first bad flattened rows: {rows(STATUS_ALL_NEG_INF)})")
+
+
+def _resolve(impl: str, device: torch.device) -> str:
+    if impl == "auto" and device.type == "cpu" and not triton_interpret():
+        return "cpp" if extension_available(device) else "reference"
+    impl = resolve_impl(impl, device, "triton", allowed=("reference", "cpp"))
+    if impl == "cpp":
+        if device.type != "cpu":
+            raise ValueError(f"impl='cpp' runs on CPU tensors only, got device {device}")
+        require_extension(impl, device)
+    return impl
 
 
 def rm_stats(
@@ -372,8 +394,9 @@ def rm_stats(
         single pass (no extra read of the logits); ``check=True`` costs one host synchronisation to
         inspect them and raises ``ValueError``. With ``check=False`` (CUDA graphs, torch.compile,
         decoding loops) bad rows get ids ``-1`` and probabilities NaN, never an out-of-bounds read.
-    impl : {"auto", "triton", "reference"}
-        ``"auto"``: Triton on CUDA tensors (and on CPU when ``TRITON_INTERPRET=1``), else reference.
+    impl : {"auto", "triton", "cpp", "reference"}
+        ``"auto"``: Triton on CUDA tensors (and on CPU tensors when ``TRITON_INTERPRET=1``); on CPU
+        otherwise the C++ kernel of ``rmkernels._C`` when built, else the eager reference.
     split, block_v : int, optional
         Tuning overrides: number of vocabulary slices per row (1 = single pass) and tile width.
 
@@ -401,11 +424,17 @@ def rm_stats(
             raise ValueError(f"offset tensor shape {tuple(offset.shape)} must equal tokens shape {tuple(tokens.shape)}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
-    impl = resolve_impl(impl, logits.device, "triton")
+    impl = _resolve(impl, logits.device)
 
     shape = tokens.shape
     if impl == "reference":
         out = rm_stats_reference(logits, tokens, mask_id, temperature=temperature, seed=seed, offset=offset)
+    elif impl == "cpp":
+        z, N, L1, st0, st1 = _row_layout(logits)
+        counters = row_counters(N, offset, logits.device).contiguous()
+        x = tokens.reshape(-1).to(torch.int64).contiguous()
+        out = _alloc_outputs(N, logits.device)
+        torch.ops.rmkernels.rm_stats_cpu_out(z, x, counters, L1, st0, st1, mask_id, temperature, seed_key(seed), *out)
     else:
         counters = row_counters(tokens.numel(), offset, logits.device)
         out = torch.ops.rmkernels.rm_stats_triton(

@@ -1,0 +1,211 @@
+// rm_stats on the CPU (SPEC §1): the same statistics as the Triton kernel, one row per task.
+//
+// Per row (at::parallel_for over rows), with z the row converted to float32 on the fly:
+//   pass 1: max and the NaN flag (vectorisable reductions); then the first id holding the max
+//           (an early-exit scan) and, only when that id is the mask, the first maximum of the
+//           row with the mask excluded;
+//   pass 2: s = sum exp(z - max) with a branch-free polynomial exp the compiler vectorises,
+//           summed in float lanes per tile and in double across tiles;
+//   then the four probabilities exp(z_k - max) / s with std::exp.
+// With temperature > 0 the candidates are the Gumbel-max of z / T with the counter RNG of
+// rmkernels/reference/rng.py (bit-identical noise), computed in a separate scan.
+// Row status flags match the reference: 1 NaN, 2 all -inf, 4 token outside [0, V); flagged rows
+// get ids -1 and NaN probabilities, and an out-of-range token is never dereferenced.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+namespace rmk {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kLanes = 16;
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// exp(x) for x <= 0 (arguments are z - max); |rel err| < 2e-7 on [-87, 0], 0 below. Branch-free
+// so that loops calling it vectorise.
+inline float fast_exp_nonpos(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  std::memcpy(&bits, &p, 4);
+  bits += e - (127 << 23);
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+template <typename T>
+inline float to_f(T v) {
+  return static_cast<float>(v);
+}
+
+template <typename T>
+void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V, int64_t L1, int64_t stride0,
+                   int64_t stride1, const int64_t* tokens, const int64_t* counters, int64_t mask_id, double temperature,
+                   uint32_t seed_key, int64_t* top_id, float* top_p, float* mask_p, float* cur_p, int64_t* best_id,
+                   float* best_p, int32_t* status) {
+  const bool sample = temperature > 0;
+  const float temp_f = static_cast<float>(temperature);
+  constexpr int64_t kTile = 1024;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const T* z = base + (r / L1) * stride0 + (r % L1) * stride1;
+    // pass 1: max and NaN flag, in kLanes independent lanes so the loop vectorises
+    float m_l[kLanes];
+    int nan_l[kLanes];
+    for (int l = 0; l < kLanes; ++l) { m_l[l] = kNegInf; nan_l[l] = 0; }
+    const int64_t V_main = V - V % kLanes;
+    for (int64_t v = 0; v < V_main; v += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const float x = to_f(z[v + l]);
+        nan_l[l] |= (x != x);
+        m_l[l] = x > m_l[l] ? x : m_l[l];
+      }
+    }
+    for (int64_t v = V_main; v < V; ++v) {
+      const float x = to_f(z[v]);
+      nan_l[0] |= (x != x);
+      m_l[0] = x > m_l[0] ? x : m_l[0];
+    }
+    float m = kNegInf;
+    int nan = 0;
+    for (int l = 0; l < kLanes; ++l) { m = m_l[l] > m ? m_l[l] : m; nan |= nan_l[l]; }
+    const int64_t tok = tokens[r];
+    const bool tok_ok = tok >= 0 && tok < V;
+    const int32_t st = (nan ? 1 : 0) | (m == kNegInf ? 2 : 0) | (tok_ok ? 0 : 4);
+    status[r] = st;
+    if (st != 0) {
+      top_id[r] = best_id[r] = -1;
+      top_p[r] = mask_p[r] = cur_p[r] = best_p[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    // candidates
+    int64_t ti = 0, bi = 0;
+    if (!sample) {
+      while (to_f(z[ti]) != m) ++ti;  // first id holding the max
+      if (ti != mask_id) {
+        bi = ti;
+      } else {  // the mask holds the max: first maximum with the mask excluded (id 0 if none is finite,
+                // as torch.argmax of an all -inf row)
+        float bv = kNegInf;
+        for (int64_t v = 0; v < V; ++v) {
+          const float x = v == mask_id ? kNegInf : to_f(z[v]);
+          if (x > bv) { bv = x; bi = v; }
+        }
+      }
+    } else {
+      const uint32_t row_key = mix32(mix32(static_cast<uint32_t>(counters[r] & 0xFFFFFFFF)) ^ seed_key);
+      float tv = kNegInf, bv = kNegInf;
+      for (int64_t v = 0; v < V; ++v) {
+        const uint32_t h = mix32(row_key + static_cast<uint32_t>(v) * 0x9E3779B9u);
+        const float u = (static_cast<float>(h >> 8) + 0.5f) * 5.9604644775390625e-08f;
+        const float score = to_f(z[v]) / temp_f - std::log(-std::log(u));
+        if (score > tv) { tv = score; ti = v; }
+        if (v != mask_id && score > bv) { bv = score; bi = v; }
+      }
+    }
+    // pass 2: s = sum exp(z - m), float lanes per tile, double across tiles
+    double s = 0.0;
+    for (int64_t t0 = 0; t0 < V_main; t0 += kTile) {
+      const int64_t t1 = t0 + kTile < V_main ? t0 + kTile : V_main;
+      float acc[kLanes] = {};
+      for (int64_t v = t0; v < t1; v += kLanes) {
+        for (int l = 0; l < kLanes; ++l) acc[l] += fast_exp_nonpos(to_f(z[v + l]) - m);
+      }
+      for (int l = 0; l < kLanes; ++l) s += acc[l];
+    }
+    for (int64_t v = V_main; v < V; ++v) s += fast_exp_nonpos(to_f(z[v]) - m);
+    const float inv_s = static_cast<float>(1.0 / s);
+    auto prob = [&](int64_t id) { return std::exp(to_f(z[id]) - m) * inv_s; };
+    top_id[r] = ti;
+    best_id[r] = bi;
+    top_p[r] = prob(ti);
+    best_p[r] = prob(bi);
+    mask_p[r] = prob(mask_id);
+    cur_p[r] = prob(tok);
+  }
+}
+
+void check_out(const char* name, const at::Tensor& t, int64_t n, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == dtype && t.dim() == 1 && t.size(0) == n && t.is_contiguous(),
+                    name, " must be a contiguous CPU ", dtype, " tensor of shape [", n, "]");
+}
+
+// Writes the statistics of the n_rows rows of `logits` (row r at (r / L1) * stride0 + (r % L1) * stride1
+// elements from its first element; the last dimension contiguous) into the preallocated outputs.
+void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& counters, int64_t L1,
+                      int64_t stride0, int64_t stride1, int64_t mask_id, double temperature, int64_t seed_key,
+                      at::Tensor& top_id, at::Tensor& top_p, at::Tensor& mask_p, at::Tensor& cur_p, at::Tensor& best_id,
+                      at::Tensor& best_p, at::Tensor& status) {
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), "logits must be a CPU tensor for rm_stats_cpu_out");
+  TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.stride(-1) == 1, "logits must have a contiguous last dimension");
+  const int64_t V = logits.size(-1);
+  const int64_t n_rows = tokens.numel();
+  TORCH_CHECK_VALUE(V > 0, "logits has an empty vocabulary dimension (V == 0)");
+  TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < V, "mask_id=", mask_id, " is outside [0, V=", V, ")");
+  TORCH_CHECK_VALUE(tokens.scalar_type() == at::kLong && tokens.is_contiguous(), "tokens must be a contiguous int64 tensor");
+  TORCH_CHECK_VALUE(counters.scalar_type() == at::kLong && counters.is_contiguous() && counters.numel() == n_rows,
+                    "counters must be a contiguous int64 tensor of ", n_rows, " elements");
+  TORCH_CHECK_VALUE(L1 >= 1, "L1 must be >= 1");
+  check_out("top_id", top_id, n_rows, at::kLong);
+  check_out("best_id", best_id, n_rows, at::kLong);
+  check_out("top_p", top_p, n_rows, at::kFloat);
+  check_out("mask_p", mask_p, n_rows, at::kFloat);
+  check_out("cur_p", cur_p, n_rows, at::kFloat);
+  check_out("best_p", best_p, n_rows, at::kFloat);
+  check_out("status", status, n_rows, at::kInt);
+  if (n_rows == 0) return;
+  // the two-stride row layout must stay inside the tensor's storage
+  const int64_t last = (n_rows - 1) / L1 * stride0 + (n_rows - 1) % L1 * stride1 + V;
+  const int64_t avail =
+      static_cast<int64_t>(logits.storage().nbytes() / logits.element_size()) - logits.storage_offset();
+  TORCH_CHECK_VALUE(stride0 >= 0 && stride1 >= 0 && last <= avail, "row layout reads outside logits' storage");
+  const uint32_t key = static_cast<uint32_t>(seed_key & 0xFFFFFFFF);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rm_stats_cpu", [&] {
+    const scalar_t* base = logits.const_data_ptr<scalar_t>();
+    at::parallel_for(0, n_rows, 1, [&](int64_t b, int64_t e) {
+      rm_stats_rows<scalar_t>(base, b, e, V, L1, stride0, stride1, tokens.const_data_ptr<int64_t>(),
+                              counters.const_data_ptr<int64_t>(), mask_id, temperature, key,
+                              top_id.data_ptr<int64_t>(), top_p.data_ptr<float>(), mask_p.data_ptr<float>(),
+                              cur_p.data_ptr<float>(), best_id.data_ptr<int64_t>(), best_p.data_ptr<float>(),
+                              status.data_ptr<int32_t>());
+    });
+  });
+}
+
+}  // namespace
+}  // namespace rmk
+
+TORCH_LIBRARY_FRAGMENT(rmkernels, m) {
+  m.def(
+      "rm_stats_cpu_out(Tensor logits, Tensor tokens, Tensor counters, int L1, int stride0, int stride1, "
+      "int mask_id, float temperature, int seed_key, Tensor(a!) top_id, Tensor(b!) top_p, Tensor(c!) mask_p, "
+      "Tensor(d!) cur_p, Tensor(e!) best_id, Tensor(f!) best_p, Tensor(g!) status) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(rmkernels, CPU, m) { m.impl("rm_stats_cpu_out", &rmk::rm_stats_cpu_out); }
