@@ -28,7 +28,8 @@ def _extensions():
     )
     if os.environ.get("RMKERNELS_FORCE_CPU_EXT") == "1":
         with_cuda = False
-    cxx = ["-O3", "-std=c++17", "-fopenmp"] if os.name != "nt" else ["/O2"]
+    # no -std flag: torch's BuildExtension picks the standard its headers need (C++20 for torch 2.13)
+    cxx = ["-O3", "-fopenmp"] if os.name != "nt" else ["/O2"]
     define = []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -37,7 +38,7 @@ def _extensions():
             cpp + cu,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define + [("RMK_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -13,7 +13,7 @@ pyinc=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 out=$(mktemp -d)
 for f in "${files[@]}"; do
   echo "nvcc -c $f"
-  nvcc -c "$f" -o "$out/$(basename "$f").o" -std=c++17 -O3 \
+  nvcc -c "$f" -o "$out/$(basename "$f").o" -std=c++20 -O3 \
     -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
     -I. $inc -I"$pyinc" -DRMK_WITH_CUDA=1 -DTORCH_EXTENSION_NAME=_C \
     --expt-relaxed-constexpr -Xcompiler -fPIC
