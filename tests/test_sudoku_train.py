@@ -78,7 +78,7 @@ def test_posttrain_smoke(tmp_path):
 
     base = pretrain(_cfg(2), str(tmp_path / "base"), log=lambda s: None)
     cfg = PostTrainConfig(steps=2, batch_size=8, warmup=1, pool_size=4, targets=32, val_boards=8, eval_every=1,
-                          ckpt_every=1)
+                          ckpt_every=1, kernels="reference")
     logs = []
     path = posttrain("full", base, str(tmp_path / "full"), cfg, log=logs.append)
     model, norm, meta = load_checkpoint(path)

@@ -19,6 +19,80 @@ def _cmd_train(args) -> int:
     return run(args)
 
 
+def _resolve_system(args):
+    """``(system, loaded checkpoint or None)`` of ``--variant`` / ``--checkpoint``."""
+    from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
+
+    if args.checkpoint is None:
+        return args.variant, None
+    loaded = load_checkpoint(args.checkpoint)
+    return args.variant or loaded[2].get("variant") or "base_conf_remask", loaded
+
+
+def _cmd_eval(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from rmkernels.tasks.sudoku.data import format_board, write_lines
+    from rmkernels.tasks.sudoku.evaluate import (
+        DEFAULT_BOARDS, SYSTEMS, TITLES, evaluate_suite, evaluate_system, load_boards)
+    from rmkernels.tasks.sudoku.metrics import markdown_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    corrupted, solution = load_boards(args.boards, args.limit)
+    system, loaded = _resolve_system(args)
+    kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels)
+    t0 = time.perf_counter()
+    if system is None:  # the whole table: baselines and the four variants
+        results = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
+        _, final = evaluate_system("full", corrupted, solution, checkpoint_dir=args.checkpoint_dir, **kw) \
+            if args.predictions else (None, None)
+    else:
+        metrics, final = evaluate_system(system, corrupted, solution, checkpoint_dir=args.checkpoint_dir,
+                                         loaded=loaded, **kw)
+        results = {system: metrics}
+    wall = time.perf_counter() - t0
+    table = markdown_table({TITLES.get(k, k): v for k, v in results.items()})
+    print(f"\n{len(corrupted)} boards from {args.boards or DEFAULT_BOARDS} ({wall:.1f} s, "
+          f"{torch.get_num_threads()} threads)\n\n{table}")
+    if args.json:
+        doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
+               "wall_s": round(wall, 2), "threads": torch.get_num_threads(), "results": results, "table": table}
+        write_lines(args.json, [json.dumps(doc, indent=2)])
+        print(f"wrote {args.json}")
+    if args.predictions:
+        write_lines(args.predictions, (format_board(b) for b in final.tolist()))
+        print(f"wrote {args.predictions} ({'full' if system is None else system})")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import torch
+
+    from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
+    from rmkernels.tasks.sudoku.demo import run_demo
+    from rmkernels.tasks.sudoku.evaluate import BASELINES, TITLES, checkpoint_path, decode_boards, decode_config
+    from rmkernels.tasks.sudoku.evaluate import load_boards
+
+    corrupted, solution = load_boards(args.boards)
+    if not 0 <= args.index < len(corrupted):
+        raise SystemExit(f"--index must be in [0, {len(corrupted)}), got {args.index}")
+    system, loaded = _resolve_system(args)
+    system = system or "full"
+    model, norm, meta = loaded or load_checkpoint(checkpoint_path(system, args.checkpoint_dir))
+    cfg = decode_config(meta, BASELINES.get(system, "rm"), args.steps)
+    board = torch.as_tensor(corrupted[args.index : args.index + 1])
+    _, _, traj = decode_boards(model, norm, board, cfg, kernels=args.kernels)
+    wrong = int((corrupted[args.index] != solution[args.index]).sum())
+    run_demo(traj[:, 0], torch.as_tensor(solution[args.index]), delay=args.delay,
+             color=False if args.no_color else None,
+             title=f"{TITLES.get(system, system)}: board {args.index}, {wrong} corrupted cells")
+    return 0
+
+
 def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``rmk sudoku`` and its sub-commands on the ``rmk`` sub-parser collection."""
     from rmkernels.tasks.sudoku.data import DEFAULT_SEED, SPLITS
@@ -39,4 +113,31 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--max-corrupt", type=int, default=20)
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_make_boards)
+
+    from rmkernels.tasks.sudoku.evaluate import DEFAULT_STEPS, SYSTEMS
+
+    def common(q):
+        q.add_argument("--boards", default=None, help="board file (default: the shipped 1000-board test split)")
+        q.add_argument("--variant", choices=SYSTEMS, default=None)
+        q.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint instead of the shipped one")
+        q.add_argument("--checkpoint-dir", default=None, help="folder of sudoku_<name>.safetensors files")
+        q.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoding step budget per board")
+        q.add_argument("--kernels", default="auto", help="impl of the decoder's ops (auto, reference, ...)")
+
+    e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps")
+    common(e)
+    e.add_argument("--json", default=None, help="write the metrics as JSON")
+    e.add_argument("--predictions", default=None,
+                   help="write each final board (81 digits, 0 = masked) per line, in input order")
+    e.add_argument("--limit", type=int, default=None, help="only the first N boards")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="show one board being revised step by step")
+    common(d)
+    d.add_argument("--index", type=int, default=0, help="which board of the file")
+    d.add_argument("--delay", type=float, default=0.7, help="seconds between frames")
+    d.add_argument("--no-color", action="store_true")
+    d.set_defaults(func=_cmd_demo)
     return p

@@ -57,6 +57,7 @@ class PostTrainConfig:
     eval_every: int = 500
     ckpt_every: int = 500
     val_boards: int = 256
+    kernels: str = "auto"  # impl of the loss and history_embed ops
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -127,7 +128,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
                        history_steps=H, history_decay=settings["history_decay"],
                        history_rotate=settings["history_rotate"], log_every=0, eval_every=cfg.eval_every,
                        ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
-                       progress=False)
+                       progress=False, loss_impl=cfg.kernels, history_impl=cfg.kernels)
     trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
     trainer.fit(resume=True)
     meta = {

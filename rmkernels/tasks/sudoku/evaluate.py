@@ -1,0 +1,127 @@
+"""Evaluate Sudoku revision: decode corrupted full boards with ``reveal="all"`` (SPEC §5).
+
+Systems (the table's rows, in order):
+
+| name | checkpoint | sampler |
+|---|---|---|
+| ``base_no_remask`` | base MDM | ``low_confidence``: never re-masks, so a full board stays as it is |
+| ``base_conf_remask`` | base MDM | ``confidence_remask``: re-mask tokens with ``p(token) < 0.4`` |
+| ``rm`` / ``rm_hist`` / ``rm_hist_decay`` / ``full`` | RM variants | ``rm`` with the variant's History Reference |
+
+Checkpoints ship in ``rmkernels/checkpoints/sudoku_<name>.safetensors`` (+ ``.json``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from importlib.resources import files
+
+import torch
+
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
+from rmkernels.tasks.sudoku.data import read_boards
+from rmkernels.tasks.sudoku.grids import MASK_ID
+from rmkernels.tasks.sudoku.metrics import board_metrics
+
+VARIANT_NAMES = ("rm", "rm_hist", "rm_hist_decay", "full")
+BASELINES = {"base_no_remask": "low_confidence", "base_conf_remask": "confidence_remask"}
+SYSTEMS = tuple(BASELINES) + VARIANT_NAMES
+TITLES = {
+    "base_no_remask": "base MDM, no re-mask",
+    "base_conf_remask": "base MDM + confidence re-mask (p < 0.4)",
+    "rm": "RM",
+    "rm_hist": "RM + history (no rotation)",
+    "rm_hist_decay": "RM + history + decay",
+    "full": "RM + history + decay + rotation (full)",
+}
+DEFAULT_STEPS = 20
+CHECKPOINT_DIR = str(files("rmkernels") / "checkpoints")
+DEFAULT_BOARDS = str(files("rmkernels") / "data" / "sudoku_test.txt")
+
+
+def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
+    """The checkpoint file of a system name (baselines use the base MDM)."""
+    if system not in SYSTEMS and system != "base":
+        raise ValueError(f"variant must be one of {list(SYSTEMS)}, got {system!r}")
+    name = "base" if system in BASELINES else system
+    return os.path.join(checkpoint_dir or CHECKPOINT_DIR, f"sudoku_{name}.safetensors")
+
+
+def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS):
+    """The decoding settings of a checkpoint: reveal every cell in parallel, its History Reference."""
+    from rmkernels.decode import DecodeConfig
+
+    hist = meta.get("decode", {}) if sampler == "rm" else {}
+    return DecodeConfig(
+        steps=steps, block_size=None, reveal="all", remask=True, max_remask=-1, sampler=sampler,
+        remask_threshold=0.4, history_steps=int(hist.get("history_steps", 0)),
+        history_decay=float(hist.get("history_decay", 0.0)), history_rotate=bool(hist.get("history_rotate", False)),
+        record_trajectory=True, check_every=1,
+    )
+
+
+@torch.no_grad()
+def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size: int = 128, kernels: str = "auto"):
+    """Decode boards ``[N, 81]`` in chunks; returns ``(final [N, 81], steps [N], trajectory [T + 1, N, 81])``.
+
+    ``kernels`` is the ``impl`` of the decoder's ops (``rm_stats``, ``history_embed``)."""
+    from rmkernels.decode import generate
+
+    finals, steps, trajs = [], [], []
+    for i in range(0, boards.shape[0], batch_size):
+        out = generate(model, boards[i : i + batch_size], config, mask_id=MASK_ID,
+                       history_norm=history_norm if config.history_steps else None, kernels=kernels)
+        finals.append(out.sequences)
+        steps.append(out.steps)
+        trajs.append(out.trajectory)
+    T = max(t.shape[0] for t in trajs)  # finished rows repeat their final canvas: pad the same way
+    trajs = [torch.cat([t, t[-1:].expand(T - t.shape[0], -1, -1)]) for t in trajs]
+    return torch.cat(finals), torch.cat(steps), torch.cat(trajs, dim=1)
+
+
+def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None = None,
+                    checkpoint_dir: str | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 128,
+                    kernels: str = "auto", loaded=None):
+    """Decode and score one system; returns ``(metrics, final boards [N, 81])``.
+
+    ``checkpoint`` overrides the shipped file; ``loaded`` is an already loaded
+    ``(model, history_norm, meta)``.
+    """
+    sampler = BASELINES.get(system, "rm")
+    model, norm, meta = loaded or load_checkpoint(checkpoint or checkpoint_path(system, checkpoint_dir))
+    cfg = decode_config(meta, sampler, steps)
+    boards = torch.as_tensor(corrupted).long()
+    t0 = time.perf_counter()
+    final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels)
+    metrics = board_metrics(final, solution, n_steps, traj)
+    metrics.update(seconds=round(time.perf_counter() - t0, 2), sampler=sampler, checkpoint=meta.get("variant", "base"))
+    return metrics, final
+
+
+def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | None = None, log=None, **kw) -> dict:
+    """Evaluate several systems on the same boards; ``{system: metrics}`` (the base model is loaded once)."""
+    results, cache = {}, {}
+    for name in systems:
+        path = checkpoint_path(name, checkpoint_dir)
+        if path not in cache:
+            cache[path] = load_checkpoint(path)
+        results[name], _ = evaluate_system(name, corrupted, solution, loaded=cache[path], **kw)
+        if log is not None:
+            log(f"{name}: exact {results[name]['exact_pct']:.1f}% in {results[name]['seconds']:.1f}s")
+    return results
+
+
+def load_boards(path: str | None = None, limit: int | None = None):
+    """Boards from ``path`` (default: the shipped 1000-board test split), the first ``limit``."""
+    corrupted, solution = read_boards(path or DEFAULT_BOARDS)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        corrupted, solution = corrupted[:limit], solution[:limit]
+    return corrupted, solution
+
+
+__all__ = [
+    "BASELINES", "DEFAULT_BOARDS", "SYSTEMS", "TITLES", "VARIANT_NAMES", "checkpoint_path", "decode_boards",
+    "decode_config", "evaluate_suite", "evaluate_system", "load_boards",
+]

@@ -1,0 +1,142 @@
+"""Sudoku evaluation: decoding in chunks, the CLI (eval / demo / predictions), an end-to-end smoke
+run, and the shipped checkpoints against both baselines."""
+import io
+import json
+import os
+
+import pytest
+import torch
+
+from rmkernels.tasks.sudoku.data import make_boards, read_boards, write_boards
+from rmkernels.tasks.sudoku.grids import MASK_ID
+
+pytest.importorskip("rmkernels.decode.generate")
+pytest.importorskip("rmkernels.training.trainer")
+
+from rmkernels.cli import main  # noqa: E402
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint  # noqa: E402
+from rmkernels.tasks.sudoku.demo import render_frame, run_demo  # noqa: E402
+from rmkernels.tasks.sudoku.evaluate import (  # noqa: E402
+    CHECKPOINT_DIR, SYSTEMS, checkpoint_path, decode_boards, decode_config, evaluate_suite, evaluate_system,
+    load_boards)
+from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain  # noqa: E402
+from rmkernels.tasks.sudoku.train import PretrainConfig, pretrain  # noqa: E402
+
+TINY = dict(dim=16, depth=1, heads=2)
+REF = "reference"  # eager ops: the Triton interpreter (set by conftest on CPU) is too slow for decoding loops
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny base (a few MDM steps) and the four variants (a few RM steps each) in one folder."""
+    root = tmp_path_factory.mktemp("sudoku_ckpt")
+    base = pretrain(PretrainConfig(steps=3, batch_size=8, warmup=1, pool_size=4, val_boards=8, eval_every=3,
+                                   ckpt_every=3, **TINY), str(root / "base"), log=lambda s: None)
+    m, _, meta = load_checkpoint(base)
+    from rmkernels.tasks.sudoku.checkpoint import save_checkpoint
+
+    save_checkpoint(str(root / "sudoku_base.safetensors"), m, meta)
+    cfg = PostTrainConfig(steps=3, batch_size=8, warmup=1, pool_size=4, targets=16, val_boards=8, eval_every=3,
+                          ckpt_every=0, kernels=REF)
+    for v in VARIANTS:
+        model, norm, meta = load_checkpoint(posttrain(v, base, str(root / v), cfg, log=lambda s: None))
+        save_checkpoint(str(root / f"sudoku_{v}.safetensors"), model, meta, history_norm=norm)
+    return str(root)
+
+
+def test_decode_in_chunks_equals_one_batch(tiny_dir):
+    corrupted, _ = make_boards("val", 7, seed=2)
+    boards = torch.from_numpy(corrupted)
+    for system in ("full", "base_conf_remask"):
+        model, norm, meta = load_checkpoint(checkpoint_path(system, tiny_dir))
+        cfg = decode_config(meta, "confidence_remask" if system.startswith("base") else "rm", steps=5)
+        one = decode_boards(model, norm, boards, cfg, batch_size=7, kernels=REF)
+        chunked = decode_boards(model, norm, boards, cfg, batch_size=3, kernels=REF)
+        for a, b in zip(one, chunked):
+            assert torch.equal(a, b)
+        final, steps, traj = one
+        assert traj.shape[1:] == (7, 81) and torch.equal(traj[0], boards) and torch.equal(traj[-1], final)
+        assert int(steps.max()) <= 5 and traj.shape[0] == int(steps.max()) + 1
+
+
+def test_decode_config_follows_the_checkpoint(tiny_dir):
+    _, _, meta = load_checkpoint(checkpoint_path("rm_hist_decay", tiny_dir))
+    cfg = decode_config(meta)
+    assert (cfg.reveal, cfg.sampler, cfg.history_steps, cfg.history_decay, cfg.history_rotate) == (
+        "all", "rm", 6, 0.5, False)
+    assert decode_config(meta, "low_confidence").history_steps == 0
+    with pytest.raises(ValueError, match="variant"):
+        checkpoint_path("best")
+
+
+def test_no_remask_baseline_leaves_the_board_unchanged(tiny_dir):
+    corrupted, solution = make_boards("val", 9, seed=4)
+    m, final = evaluate_system("base_no_remask", corrupted, solution, checkpoint_dir=tiny_dir, kernels=REF)
+    assert torch.equal(final, torch.from_numpy(corrupted))
+    assert m["exact_pct"] == 0.0 and m["mean_steps"] == 1.0 and m["reveals_per_board"] == 0.0
+
+
+def test_cli_eval_end_to_end(tiny_dir, tmp_path, capsys):
+    corrupted, solution = make_boards("val", 6, seed=9)
+    boards = tmp_path / "b.txt"
+    write_boards(str(boards), corrupted, solution)
+    out_json, preds = tmp_path / "m.json", tmp_path / "p.txt"
+    assert main(["sudoku", "eval", "--boards", str(boards), "--checkpoint-dir", tiny_dir, "--json", str(out_json),
+                 "--predictions", str(preds), "--steps", "4", "--threads", "1", "--kernels", REF]) == 0
+    text = capsys.readouterr().out
+    assert "| RM + history + decay + rotation (full) |" in text and "| base MDM, no re-mask |" in text
+    doc = json.loads(out_json.read_text())
+    assert doc["n"] == 6 and set(doc["results"]) == set(SYSTEMS)
+    lines = preds.read_text().splitlines()
+    _, final = evaluate_system("full", corrupted, solution, checkpoint_dir=tiny_dir, steps=4, kernels=REF)
+    assert lines == ["".join("0" if v == MASK_ID else str(v + 1) for v in row) for row in final.tolist()]
+    # one system, given as a checkpoint file, on the first boards only
+    assert main(["sudoku", "eval", "--boards", str(boards), "--checkpoint", checkpoint_path("rm", tiny_dir),
+                 "--limit", "2", "--json", str(out_json), "--steps", "4", "--kernels", REF]) == 0
+    assert list(json.loads(out_json.read_text())["results"]) == ["rm"]
+
+
+def test_cli_eval_bad_board_file(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("123\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 2 fields"):
+        main(["sudoku", "eval", "--boards", str(bad), "--variant", "full"])
+    bad.write_text("")
+    with pytest.raises(ValueError, match="no boards"):
+        main(["sudoku", "eval", "--boards", str(bad)])
+
+
+def test_demo_shows_remask_and_reveal(tiny_dir, capsys):
+    sol = torch.arange(81) % 9
+    start = sol.clone()
+    start[4] = (sol[4] + 1) % 9
+    f1 = start.clone()
+    f1[4] = MASK_ID
+    traj = torch.stack([start, f1, sol, sol])
+    out = io.StringIO()
+    run_demo(traj, sol, delay=0, color=False, out=out)
+    text = out.getvalue()
+    assert text.count("after change") == 2 and "re-masked 1" in text and "revealed 1" in text
+    assert "_~" in text and "!" in text and text.rstrip().endswith("solved: the board equals the solution")
+    plain = render_frame(f1, start, sol, color=False).splitlines()
+    assert len(plain) == 11 and len({len(x) for x in plain}) == 1
+    assert "\033[" in render_frame(f1, start, sol, color=True)
+    assert main(["sudoku", "demo", "--checkpoint-dir", tiny_dir, "--delay", "0", "--steps", "3", "--index", "2",
+                 "--no-color", "--kernels", REF]) == 0
+    assert "board 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sudoku", "demo", "--checkpoint-dir", tiny_dir, "--index", "1000"])
+
+
+@pytest.mark.skipif(not os.path.exists(checkpoint_path("full")), reason="no shipped Sudoku checkpoints yet")
+def test_shipped_full_model_beats_both_baselines_on_100_boards():
+    corrupted, solution = load_boards(limit=100)
+    res = evaluate_suite(corrupted, solution, ("base_no_remask", "base_conf_remask", "full"), kernels=REF)
+    full = res["full"]
+    for name in ("base_no_remask", "base_conf_remask"):
+        assert full["exact_pct"] > res[name]["exact_pct"] + 20
+        assert full["conflicts_per_board"] < res[name]["conflicts_per_board"]
+    assert full["exact_pct"] >= 80 and full["replay_pct"] < 1.0
+    _, norm, meta = load_checkpoint(checkpoint_path("full"))
+    assert norm is not None and meta["variant"] == "full" and meta["decode"]["history_rotate"]
+    assert os.path.dirname(checkpoint_path("full")) == CHECKPOINT_DIR
