@@ -47,7 +47,7 @@ def tolerance(dtype):
 
 
 def max_rel_err(a, b):
-    return ((a.float() - b.float()).abs() / (1 + b.float().abs())).max().item() if a.numel() else 0.0
+    return ((a.double() - b.double()).abs() / (1 + b.double().abs())).max().item() if a.numel() else 0.0
 
 
 def forward_checks():
@@ -71,23 +71,31 @@ def forward_checks():
 
 
 def gradient_checks():
+    """float32: within 1e-4 of the reference; bfloat16: no further from the float64 gradient than the
+    reference (both round the incoming gradient and the table gradient to bfloat16)."""
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         for D in (17, 256):
             weight, *rest = make_inputs(4, 6, 33, 13, D, dtype)
             gamma = 1 + 0.3 * torch.randn(D, device=DEV)
             beta = 0.2 * torch.randn(D, device=DEV)
-            proj = torch.randn(4, 33, D, device=DEV)
+            proj = torch.randn(4, 33, D, device=DEV, dtype=torch.float64)
             res = {}
-            for impl in ("ext", "reference"):
-                w, g, b = (t.detach().clone().requires_grad_() for t in (weight, gamma, beta))
+            for name, impl, cast in (("ext", "ext", None), ("reference", "reference", None),
+                                     ("exact", "reference", torch.float64)):
+                w, g, b = (t.detach().clone().to(cast or t.dtype).requires_grad_() for t in (weight, gamma, beta))
                 out = history_embed(w, *rest, decay=0.3, ln_weight=g, ln_bias=b, impl=impl)
-                (out.float() * proj).sum().backward()
-                res[impl] = (w.grad, g.grad, b.grad)
-            tol = 1e-4 if dtype == torch.float32 else 2e-2
+                (out.double() * proj).sum().backward()
+                res[name] = (w.grad, g.grad, b.grad)
             err = max(max_rel_err(a, r) for a, r in zip(res["ext"], res["reference"]))
+            if dtype == torch.float32:
+                ok = err <= 1e-4
+            else:
+                ext_err = max(max_rel_err(a, t) for a, t in zip(res["ext"], res["exact"]))
+                ref_err = max(max_rel_err(a, t) for a, t in zip(res["reference"], res["exact"]))
+                ok = ext_err <= 1.25 * ref_err + 1e-3
             rows.append({"check": "gradients", "dtype": str(dtype).replace("torch.", ""), "D": D, "H": 6,
-                         "max_rel_err": err, "ok": bool(err <= tol)})
+                         "max_rel_err": err, "ok": bool(ok)})
     return rows
 
 

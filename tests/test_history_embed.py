@@ -146,23 +146,37 @@ def test_package_imports_and_runs_without_the_extension():
 def grads(impl, weight, rest, gamma, beta, proj, decay):
     w, g, b = (t.detach().clone().requires_grad_() for t in (weight, gamma, beta))
     out = history_embed(w, *rest, decay=decay, ln_weight=g, ln_bias=b, impl=impl)
-    (out.float() * proj).sum().backward()
+    (out.double() * proj.double()).sum().backward()
     return out, w.grad, g.grad, b.grad
+
+
+def assert_gradients_match_reference(weight, rest, gamma, beta, proj, decay=0.3):
+    ext = grads("ext", weight, rest, gamma, beta, proj, decay)
+    ref = grads("reference", weight, rest, gamma, beta, proj, decay)
+    assert [t.dtype for t in ext] == [t.dtype for t in ref]
+    if weight.dtype == torch.float32:
+        for a, b in zip(ext, ref):
+            torch.testing.assert_close(a, b)
+        return
+    # half types: the incoming gradient is rounded to the table dtype and the table gradient is
+    # written in it, so both implementations are a few percent off the exact gradient (the eager
+    # CPU reference also accumulates the table gradient in bfloat16). The kernel must be no further
+    # from the float64 result than the reference is.
+    torch.testing.assert_close(ext[0], ref[0])
+    exact = grads("reference", weight.double(), rest, gamma.double(), beta.double(), proj, decay)
+    for a, b, t in zip(ext[1:], ref[1:], exact[1:]):
+        err = lambda g: ((g.double() - t).abs() / (1 + t.abs())).max().item()  # noqa: E731
+        assert err(a) <= 1.25 * err(b) + 1e-3, (err(a), err(b))
 
 
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("D", [16, 17])
+@pytest.mark.parametrize("D", [16, 17, 256])
 def test_cpu_gradients_match_reference(dtype, D):
     # V = 13 < B * L * (H + 1): repeated ids, so the scatter-add must accumulate
     weight, *rest = make_inputs(4, 6, 9, 13, D, dtype)
     gamma, beta = ln_params(D)
-    proj = torch.randn(4, 9, D)
-    ext = grads("ext", weight, rest, gamma, beta, proj, 0.3)
-    ref = grads("reference", weight, rest, gamma, beta, proj, 0.3)
-    for a, b in zip(ext, ref):
-        assert a.dtype == b.dtype
-        torch.testing.assert_close(a.float(), b.float(), **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
+    assert_gradients_match_reference(weight, rest, gamma, beta, torch.randn(4, 9, D))
 
 
 @needs_ext
@@ -301,11 +315,7 @@ def test_cuda_strided_and_wide():
 def test_cuda_gradients_match_reference(dtype, D):
     weight, *rest = make_inputs(4, 6, 33, 13, D, dtype, device="cuda")
     gamma, beta = ln_params(D, "cuda")
-    proj = torch.randn(4, 33, D, device="cuda")
-    ext = grads("ext", weight, rest, gamma, beta, proj, 0.3)
-    ref = grads("reference", weight, rest, gamma, beta, proj, 0.3)
-    for a, b in zip(ext, ref):
-        torch.testing.assert_close(a.float(), b.float(), **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
+    assert_gradients_match_reference(weight, rest, gamma, beta, torch.randn(4, 33, D, device="cuda"))
 
 
 @pytest.mark.cuda
