@@ -11,6 +11,9 @@ with the gold digit excluded; for k >= 8 that is every other digit; or masked), 
 | ``rm_hist`` | 6 states | 0 | no |
 | ``rm_hist_decay`` | 6 states | ``decay`` | no |
 | ``full`` | 6 states | ``decay`` | yes |
+
+The HER LayerNorm's gain starts at the RMS of the token embeddings (not 1): its output is added
+to embeddings of that scale, and a unit-scale residual would swamp the pretrained model's input.
 """
 from __future__ import annotations
 
@@ -79,11 +82,23 @@ def detection_stats(model, corrupted: np.ndarray, solution: np.ndarray) -> dict:
     return {"recall": float(remask[wrong].mean()), "false_remask": float(remask[~wrong].mean())}
 
 
-def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, log=print, eval_fn=None) -> str:
+@torch.no_grad()
+def decode_stats(model, norm, settings: dict, corrupted: np.ndarray, solution: np.ndarray, kernels: str) -> dict:
+    """Exact %, replay % and mean steps of full RM decoding (the variant's history) on some boards."""
+    from rmkernels.tasks.sudoku.evaluate import decode_boards, decode_config
+    from rmkernels.tasks.sudoku.metrics import board_metrics
+
+    cfg = decode_config({"decode": settings})
+    final, steps, traj = decode_boards(model, norm, torch.from_numpy(corrupted), cfg, kernels=kernels)
+    m = board_metrics(final, solution, steps, traj)
+    return {k: round(m[k], 3) for k in ("exact_pct", "replay_pct", "conflicts_per_board", "mean_steps")}
+
+
+def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, log=print) -> str:
     """Post-train one variant; writes ``out_dir/model.safetensors`` (+ .json) and returns its path.
 
-    ``eval_fn(model, history_norm, settings) -> dict``, if given, is logged every ``eval_every``
-    steps next to the loss parts and :func:`detection_stats`.
+    Every ``eval_every`` steps it logs the loss parts, :func:`detection_stats` and
+    :func:`decode_stats` on ``val_boards`` boards of the val split (``metrics.jsonl``).
     """
     from rmkernels.training import SynthConfig, SynthData, TrainConfig, Trainer
 
@@ -97,6 +112,9 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         p.requires_grad_(True)
     H = settings["history_steps"]
     norm = HistoryNorm(model.config.dim) if H else None
+    if norm is not None:  # start the HER residual at the scale of the token embeddings it is added to
+        with torch.no_grad():
+            norm.weight.fill_(float(model.get_input_embeddings().weight.pow(2).mean().sqrt()))
     rng = split_rng("train", cfg.data_seed)
     targets = torch.from_numpy(sample_grids(seed_grids(cfg.pool_size, rng), cfg.targets, rng))  # [N, 81]
     synth = SynthConfig(corruption_rate=None, corruption_count=(4, 20), wrong_fraction=cfg.wrong_fraction,
@@ -116,8 +134,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         row = {"step": trainer.step, "wall_s": round(time.time() - t0, 1)}
         row.update({k: round(sum(r[k] for r in recent) / len(recent), 4) for k in ("loss", "reveal", "mask", "keep")})
         row.update(detection_stats(trainer.model, val_c, val_s))
-        if eval_fn is not None:
-            row.update(eval_fn(trainer.model, trainer.history_norm, settings))
+        row.update(decode_stats(trainer.model, trainer.history_norm, settings, val_c, val_s, cfg.kernels))
         log(json.dumps(row))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -140,4 +157,4 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
 
 
-__all__ = ["PostTrainConfig", "VARIANTS", "detection_stats", "posttrain", "variant_settings"]
+__all__ = ["PostTrainConfig", "VARIANTS", "decode_stats", "detection_stats", "posttrain", "variant_settings"]
