@@ -40,6 +40,20 @@ def test_checkpoint_round_trip(tmp_path, dtype):
         load_checkpoint(str(tmp_path / "missing.safetensors"))
 
 
+def test_export_stores_fp16_and_notes(tmp_path):
+    from rmkernels.cli import main
+
+    model = _tiny_model()
+    src = save_checkpoint(str(tmp_path / "run" / "model.safetensors"), model, {"variant": "full"})
+    dst = str(tmp_path / "ship" / "sudoku_full.safetensors")
+    assert main(["sudoku", "train", "export", "--src", src, "--dst", dst, "--note", "wall=12 s"]) == 0
+    loaded, _, meta = load_checkpoint(dst)
+    assert meta["stored_dtype"] == "float16" and meta["wall"] == "12 s" and meta["variant"] == "full"
+    assert (tmp_path / "ship" / "sudoku_full.safetensors").stat().st_size < 0.6 * (tmp_path / "run" / "model.safetensors").stat().st_size
+    x = torch.randint(0, 10, (2, 81))
+    torch.testing.assert_close(loaded(input_ids=x), model(input_ids=x), atol=2e-2, rtol=2e-2)
+
+
 def test_mask_batch_and_loss():
     rng = np.random.default_rng(0)
     grids = sample_grids(seed_grids(2, rng), 64, rng)

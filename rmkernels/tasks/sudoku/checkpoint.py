@@ -24,6 +24,7 @@ def _atomic_write(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints ship as package data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -81,4 +82,12 @@ def load_checkpoint(path: str, device="cpu"):
     return model, norm, meta
 
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+def export_checkpoint(src: str, dst: str, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> str:
+    """Re-save a checkpoint (e.g. a training run's) with tensors stored in ``dtype`` and ``extra``
+    metadata merged in; returns the new .safetensors path."""
+    model, norm, meta = load_checkpoint(src)
+    meta.update(extra or {}, stored_dtype=str(dtype).replace("torch.", ""))
+    return save_checkpoint(dst, model, meta, history_norm=norm, dtype=dtype)
+
+
+__all__ = ["export_checkpoint", "load_checkpoint", "save_checkpoint"]

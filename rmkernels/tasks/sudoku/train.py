@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rmkernels.models import TinyMDM, TinyMDMConfig
-from rmkernels.tasks.sudoku.checkpoint import _atomic_write, save_checkpoint
+from rmkernels.tasks.sudoku.checkpoint import _atomic_write, export_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
@@ -175,14 +175,22 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     v.add_argument("--out", required=True, help="run directory (checkpoint, trainer states, metrics)")
     v.add_argument("--threads", type=int, default=1)
     _add_dataclass_args(v, PostTrainConfig)
+    e = sub.add_parser("export", help="re-save a checkpoint for shipping (fp16 storage by default)")
+    e.add_argument("--src", required=True)
+    e.add_argument("--dst", required=True)
+    e.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    e.add_argument("--note", action="append", default=[], metavar="KEY=VALUE", help="extra metadata")
     return p
 
 
 def run(args) -> int:
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(getattr(args, "threads", 1))
     if args.stage == "base":
         cfg = PretrainConfig(**{k: getattr(args, k) for k in PretrainConfig.__dataclass_fields__})
         path = pretrain(cfg, args.out, log=lambda s: print(s, flush=True), resume=not args.no_resume)
+    elif args.stage == "export":
+        notes = dict(n.split("=", 1) for n in args.note)
+        path = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype), notes)
     else:
         cfg = PostTrainConfig(**{k: getattr(args, k) for k in PostTrainConfig.__dataclass_fields__})
         path = posttrain(args.variant, args.base, args.out, cfg, log=lambda s: print(s, flush=True))
