@@ -131,7 +131,7 @@ def test_demo_shows_remask_and_reveal(tiny_dir, capsys):
 @pytest.mark.skipif(not os.path.exists(checkpoint_path("full")), reason="no shipped Sudoku checkpoints yet")
 def test_shipped_full_model_beats_both_baselines_on_100_boards():
     corrupted, solution = load_boards(limit=100)
-    res = evaluate_suite(corrupted, solution, ("base_no_remask", "base_conf_remask", "full"), kernels=REF)
+    res, _ = evaluate_suite(corrupted, solution, ("base_no_remask", "base_conf_remask", "full"), kernels=REF)
     full = res["full"]
     for name in ("base_no_remask", "base_conf_remask"):
         assert full["exact_pct"] > res[name]["exact_pct"] + 20

@@ -46,10 +46,9 @@ def _cmd_eval(args) -> int:
     system, loaded = _resolve_system(args)
     kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels)
     t0 = time.perf_counter()
-    if system is None:  # the whole table: baselines and the four variants
-        results = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
-        _, final = evaluate_system("full", corrupted, solution, checkpoint_dir=args.checkpoint_dir, **kw) \
-            if args.predictions else (None, None)
+    if system is None:  # the whole table: baselines and the four variants; predictions of the full model
+        results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
+        final = finals["full"]
     else:
         metrics, final = evaluate_system(system, corrupted, solution, checkpoint_dir=args.checkpoint_dir,
                                          loaded=loaded, **kw)

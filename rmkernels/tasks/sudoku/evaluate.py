@@ -98,17 +98,20 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
     return metrics, final
 
 
-def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | None = None, log=None, **kw) -> dict:
-    """Evaluate several systems on the same boards; ``{system: metrics}`` (the base model is loaded once)."""
-    results, cache = {}, {}
+def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | None = None, log=None, **kw):
+    """Evaluate several systems on the same boards (the base model is loaded once).
+
+    Returns ``(results, finals)``: ``{system: metrics}`` and ``{system: final boards [N, 81]}``.
+    """
+    results, finals, cache = {}, {}, {}
     for name in systems:
         path = checkpoint_path(name, checkpoint_dir)
         if path not in cache:
             cache[path] = load_checkpoint(path)
-        results[name], _ = evaluate_system(name, corrupted, solution, loaded=cache[path], **kw)
+        results[name], finals[name] = evaluate_system(name, corrupted, solution, loaded=cache[path], **kw)
         if log is not None:
             log(f"{name}: exact {results[name]['exact_pct']:.1f}% in {results[name]['seconds']:.1f}s")
-    return results
+    return results, finals
 
 
 def load_boards(path: str | None = None, limit: int | None = None):
