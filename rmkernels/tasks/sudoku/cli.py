@@ -44,7 +44,7 @@ def _cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     corrupted, solution = load_boards(args.boards, args.limit)
     system, loaded = _resolve_system(args)
-    kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels)
+    kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels, remask_threshold=args.remask_threshold)
     t0 = time.perf_counter()
     if system is None:  # the whole table: baselines and the four variants; predictions of the full model
         results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
@@ -82,7 +82,7 @@ def _cmd_demo(args) -> int:
     system, loaded = _resolve_system(args)
     system = system or "full"
     model, norm, meta = loaded or load_checkpoint(checkpoint_path(system, args.checkpoint_dir))
-    cfg = decode_config(meta, BASELINES.get(system, "rm"), args.steps)
+    cfg = decode_config(meta, BASELINES.get(system, "rm"), args.steps, args.remask_threshold)
     board = torch.as_tensor(corrupted[args.index : args.index + 1])
     _, _, traj = decode_boards(model, norm, board, cfg, kernels=args.kernels)
     wrong = int((corrupted[args.index] != solution[args.index]).sum())
@@ -113,7 +113,7 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_make_boards)
 
-    from rmkernels.tasks.sudoku.evaluate import DEFAULT_STEPS, SYSTEMS
+    from rmkernels.tasks.sudoku.evaluate import DEFAULT_REMASK_THRESHOLD, DEFAULT_STEPS, SYSTEMS
 
     def common(q):
         q.add_argument("--boards", default=None, help="board file (default: the shipped 1000-board test split)")
@@ -122,6 +122,8 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
         q.add_argument("--checkpoint-dir", default=None, help="folder of sudoku_<name>.safetensors files")
         q.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoding step budget per board")
         q.add_argument("--kernels", default="auto", help="impl of the decoder's ops (auto, reference, ...)")
+        q.add_argument("--remask-threshold", type=float, default=DEFAULT_REMASK_THRESHOLD,
+                       help="p(token) threshold of the base_conf_remask baseline")
 
     e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps")
     common(e)

@@ -5,7 +5,7 @@ Systems (the table's rows, in order):
 | name | checkpoint | sampler |
 |---|---|---|
 | ``base_no_remask`` | base MDM | ``low_confidence``: never re-masks, so a full board stays as it is |
-| ``base_conf_remask`` | base MDM | ``confidence_remask``: re-mask tokens with ``p(token) < 0.4`` |
+| ``base_conf_remask`` | base MDM | ``confidence_remask``: re-mask tokens with ``p(token) < threshold`` (0.4) |
 | ``rm`` / ``rm_hist`` / ``rm_hist_decay`` / ``full`` | RM variants | ``rm`` with the variant's History Reference |
 
 Checkpoints ship in ``rmkernels/checkpoints/sudoku_<name>.safetensors`` (+ ``.json``).
@@ -28,13 +28,14 @@ BASELINES = {"base_no_remask": "low_confidence", "base_conf_remask": "confidence
 SYSTEMS = tuple(BASELINES) + VARIANT_NAMES
 TITLES = {
     "base_no_remask": "base MDM, no re-mask",
-    "base_conf_remask": "base MDM + confidence re-mask (p < 0.4)",
+    "base_conf_remask": "base MDM + confidence re-mask",
     "rm": "RM",
     "rm_hist": "RM + history (no rotation)",
     "rm_hist_decay": "RM + history + decay",
     "full": "RM + history + decay + rotation (full)",
 }
 DEFAULT_STEPS = 20
+DEFAULT_REMASK_THRESHOLD = 0.4  # the confidence heuristic's threshold (Diffulex / dInfer)
 CHECKPOINT_DIR = str(files("rmkernels") / "checkpoints")
 DEFAULT_BOARDS = str(files("rmkernels") / "data" / "sudoku_test.txt")
 
@@ -47,14 +48,15 @@ def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
     return os.path.join(checkpoint_dir or CHECKPOINT_DIR, f"sudoku_{name}.safetensors")
 
 
-def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS):
+def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS,
+                  remask_threshold: float = DEFAULT_REMASK_THRESHOLD):
     """The decoding settings of a checkpoint: reveal every cell in parallel, its History Reference."""
     from rmkernels.decode import DecodeConfig
 
     hist = meta.get("decode", {}) if sampler == "rm" else {}
     return DecodeConfig(
         steps=steps, block_size=None, reveal="all", remask=True, max_remask=-1, sampler=sampler,
-        remask_threshold=0.4, history_steps=int(hist.get("history_steps", 0)),
+        remask_threshold=remask_threshold, history_steps=int(hist.get("history_steps", 0)),
         history_decay=float(hist.get("history_decay", 0.0)), history_rotate=bool(hist.get("history_rotate", False)),
         record_trajectory=True, check_every=1,
     )
@@ -81,7 +83,7 @@ def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size:
 
 def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None = None,
                     checkpoint_dir: str | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 128,
-                    kernels: str = "auto", loaded=None):
+                    kernels: str = "auto", remask_threshold: float = DEFAULT_REMASK_THRESHOLD, loaded=None):
     """Decode and score one system; returns ``(metrics, final boards [N, 81])``.
 
     ``checkpoint`` overrides the shipped file; ``loaded`` is an already loaded
@@ -89,12 +91,14 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
     """
     sampler = BASELINES.get(system, "rm")
     model, norm, meta = loaded or load_checkpoint(checkpoint or checkpoint_path(system, checkpoint_dir))
-    cfg = decode_config(meta, sampler, steps)
+    cfg = decode_config(meta, sampler, steps, remask_threshold)
     boards = torch.as_tensor(corrupted).long()
     t0 = time.perf_counter()
     final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels)
     metrics = board_metrics(final, solution, n_steps, traj)
     metrics.update(seconds=round(time.perf_counter() - t0, 2), sampler=sampler, checkpoint=meta.get("variant", "base"))
+    if sampler == "confidence_remask":
+        metrics["remask_threshold"] = remask_threshold
     return metrics, final
 
 
