@@ -1,0 +1,111 @@
+"""Decoding configuration: every knob of the Reflective Masking step loop (SPEC §2, §3)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SAMPLERS = ("rm", "low_confidence", "confidence_remask")
+REVEAL_MODES = ("topk", "threshold", "all")
+
+
+@dataclass
+class DecodeConfig:
+    """Knobs of :func:`rmkernels.generate`. Defaults follow SPEC.md.
+
+    Schedule
+        steps : step budget per sequence, split evenly over its blocks.
+        block_size : semi-autoregressive block length in generated positions (LLaDA); ``None`` =
+            one block holding every editable position and every step.
+    Reveal (masked positions whose candidate is not the mask)
+        reveal : ``"topk"`` (the ``reveal_per_step`` most confident), ``"threshold"`` (every one with
+            ``p >= reveal_threshold``, at least the best one) or ``"all"`` (all of them; Sudoku).
+    Re-mask (visible generated positions)
+        remask : enable the reflective re-mask ``p(mask) > p(token)``.
+        remask_interval : re-mask on steps where ``step % remask_interval == 0``.
+        max_remask : cap on re-masks per position (-1 = no cap).
+    History Reference
+        history_steps : H, states kept per sequence (0 = off). Needs a model with input embeddings.
+        history_decay : lambda in ``w_d = exp(-lambda * (d - 1))``.
+        history_rotate : rotate each history embedding by its distance.
+    Sampling
+        temperature : 0 = argmax candidates; > 0 = Gumbel-max from a counter RNG keyed by
+            ``(seed, step of the row, position)``, so samples do not depend on batch composition.
+        seed : RNG seed for ``temperature > 0`` (``None``: drawn once from torch's generator).
+        allow_mask_candidate : ``False`` = reveal every masked position with the best non-mask id.
+        suppress_tokens : ids never proposed (their logits are set to -inf; not the mask id).
+        cfg_scale : LLaDA-style unsupervised classifier-free guidance (0 = off).
+    Sampler
+        sampler : ``"rm"`` (Reflective Masking), ``"low_confidence"`` (LLaDA: top-k reveal, never
+            re-mask) or ``"confidence_remask"`` (training-free heuristic: re-mask visible tokens
+            whose own probability is below ``remask_threshold``, as Diffulex / dInfer with 0.4).
+    Output
+        fill_remaining : fill positions still masked at the end with the best non-mask id (one
+            more forward pass).
+        record_trajectory : keep the canvas after every step (``DecodeOutput.trajectory``).
+    Execution
+        check_every : the fast path looks at its device-side "all finished" flag every this many
+            steps (one host synchronisation each time).
+        cuda_graph : on CUDA, capture one step in a CUDA graph and replay it (the model forward
+            must be capturable: static shapes, no host synchronisation).
+    """
+
+    steps: int = 64
+    block_size: int | None = None
+    reveal: str = "topk"
+    reveal_per_step: int = 1
+    reveal_threshold: float = 0.9
+    remask: bool = True
+    remask_interval: int = 1
+    max_remask: int = -1
+    history_steps: int = 6
+    history_decay: float = 0.0
+    history_rotate: bool = True
+    temperature: float = 0.0
+    seed: int | None = None
+    allow_mask_candidate: bool = True
+    suppress_tokens: tuple = field(default_factory=tuple)
+    cfg_scale: float = 0.0
+    sampler: str = "rm"
+    remask_threshold: float = 0.4
+    fill_remaining: bool = False
+    record_trajectory: bool = False
+    check_every: int = 4
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
+        self.validate()
+
+    def validate(self) -> "DecodeConfig":
+        def need(ok: bool, name: str, what: str):
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(is_int(self.steps) and self.steps >= 1, "steps", "an int >= 1")
+        need(self.block_size is None or (is_int(self.block_size) and self.block_size >= 1), "block_size", "None or an int >= 1")
+        need(self.reveal in REVEAL_MODES, "reveal", f"one of {REVEAL_MODES}")
+        need(is_int(self.reveal_per_step) and self.reveal_per_step >= 1, "reveal_per_step", "an int >= 1")
+        need(0.0 <= float(self.reveal_threshold) <= 1.0, "reveal_threshold", "in [0, 1]")
+        need(is_int(self.remask_interval) and self.remask_interval >= 1, "remask_interval", "an int >= 1")
+        need(is_int(self.max_remask) and self.max_remask >= -1, "max_remask", "-1 (no cap) or an int >= 0")
+        need(is_int(self.history_steps) and self.history_steps >= 0, "history_steps", "an int >= 0")
+        need(float(self.history_decay) >= 0.0, "history_decay", ">= 0")
+        need(0.0 <= float(self.temperature) < float("inf"), "temperature", "a finite number >= 0")
+        need(self.seed is None or is_int(self.seed), "seed", "None or an int")
+        need(float(self.cfg_scale) >= 0.0, "cfg_scale", ">= 0")
+        need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
+        need(0.0 <= float(self.remask_threshold) <= 1.0, "remask_threshold", "in [0, 1]")
+        need(is_int(self.check_every) and self.check_every >= 1, "check_every", "an int >= 1")
+        return self
+
+    @property
+    def remask_rule(self) -> str | None:
+        """``"rm"`` (p(mask) > p(token)), ``"confidence"`` (p(token) < threshold) or ``None``."""
+        if self.sampler == "low_confidence" or not self.remask:
+            return None
+        return "confidence" if self.sampler == "confidence_remask" else "rm"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,148 @@
+"""The fast decoder: the reference's semantics with every piece of state on the device.
+
+One :meth:`FastDecoder.step` updates all rows at once with tensor operations only: no ``.item()``,
+``.tolist()`` or ``nonzero()``; statistics come from the fused ``rm_stats`` kernel and the HER
+embeddings from ``history_embed``. All state lives in tensors updated in place, so on a GPU a step
+can be captured in a CUDA graph. Rows progress independently (own block, step count, fixed point).
+"""
+from __future__ import annotations
+
+import torch
+
+from rmkernels.decode.canvas import Canvas
+from rmkernels.decode.config import DecodeConfig
+from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.model import RMModel
+from rmkernels.decode.reference import COUNTER_STRIDE
+from rmkernels.history import HistoryBuffer
+from rmkernels.ops.rm_stats import rm_stats
+
+
+class FastDecoder:
+    def __init__(self, rm: RMModel, canvas: Canvas, cfg: DecodeConfig, mask_id: int, seed: int, kernels: str = "auto"):
+        self.rm, self.canvas, self.cfg, self.mask_id, self.seed, self.kernels = rm, canvas, cfg, mask_id, seed, kernels
+        x = canvas.tokens
+        B, L = x.shape
+        dev = x.device
+        self.x = x.clone()  # [B, L] the canvas
+        self.remask_count = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        self.block = torch.zeros(B, dtype=torch.int64, device=dev)  # current block per row
+        self.step_in_block = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.steps = torch.zeros(B, dtype=torch.int64, device=dev)  # steps taken per row
+        self.finished = canvas.n_blocks == 0  # [B] bool
+        self.bad_logits = torch.zeros((), dtype=torch.bool, device=dev)  # NaN / all -inf seen
+        self.positions = torch.arange(L, device=dev)
+        self.history = (
+            HistoryBuffer(B, L, cfg.history_steps, device=dev, fill=mask_id) if cfg.history_steps > 0 else None
+        )
+        self.k = min(cfg.reveal_per_step, L)
+
+    # ------------------------------------------------------------------------------------------
+    def logits(self) -> torch.Tensor:  # [B, L, V]
+        hist = None if self.history is None else (self.history.ids, self.history.lengths)
+        c = self.canvas
+        return decoder_logits(self.rm, self.x, c.attention_mask, c.gen_mask, hist, self.cfg, self.mask_id, self.kernels)
+
+    def _select_reveal(self, R: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """Which revealable positions ``R [B, L]`` to reveal, by ``score [B, L]`` (ties: lowest position)."""
+        if self.cfg.reveal == "all":
+            return R
+        key = torch.where(R, score, -1.0)  # probabilities are >= 0, so non-candidates sort last
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices  # [B, L]
+        if self.cfg.reveal == "topk":
+            top = order[:, : self.k]
+            return torch.zeros_like(R).scatter(1, top, key.gather(1, top) >= 0)
+        best = torch.zeros_like(R).scatter(1, order[:, :1], key.gather(1, order[:, :1]) >= 0)
+        return (R & (score >= self.cfg.reveal_threshold)) | best
+
+    def step(self) -> None:
+        """One Reflective Masking step for every unfinished row, in place."""
+        cfg, c, M, x = self.cfg, self.canvas, self.mask_id, self.x
+        active = ~self.finished  # [B]
+        limit = (self.block + 1) * c.block_len  # [B] end of the current block, in generated positions
+        G = c.gen_mask & (c.gen_rank < limit[:, None]) & active[:, None]  # [B, L] editable now
+        counters = self.steps[:, None] * COUNTER_STRIDE + self.positions[None, :]  # [B, L] RNG counters
+        st = rm_stats(self.logits(), x, M, temperature=cfg.temperature, seed=self.seed, offset=counters,
+                      check=False, impl=self.kernels)
+        valid = st.top_id >= 0  # rm_stats flags NaN / all -inf rows with id -1
+        self.bad_logits |= (G & ~valid).any()
+
+        # 1. reveal
+        masked = x == M
+        if cfg.allow_mask_candidate:
+            cand, score = st.top_id, st.top_p
+            R = G & masked & valid & (cand != M)
+        else:
+            cand, score = st.best_id, st.best_p
+            R = G & masked & valid
+        reveal = self._select_reveal(R, score)
+
+        # 2. re-mask
+        rule = cfg.remask_rule
+        if rule is not None:
+            due = (self.steps % cfg.remask_interval == 0)[:, None]  # [B, 1]
+            Q = G & ~masked & valid & due
+            if cfg.max_remask >= 0:
+                Q &= self.remask_count < cfg.max_remask
+            doubt = st.mask_p > st.cur_p if rule == "rm" else st.cur_p < cfg.remask_threshold
+            remask = Q & doubt
+        else:
+            remask = torch.zeros_like(reveal)
+
+        # 3. apply together; 4. fixed point / budget -> next block or finish
+        changed = (reveal | remask).any(1)  # [B]
+        if self.history is not None:
+            self.history.push(x, changed)  # the state before the change
+        x.copy_(torch.where(remask, M, torch.where(reveal, cand, x)))
+        self.remask_count += remask
+        self.steps += active
+        self.step_in_block += active
+        block_done = active & (~changed | (self.step_in_block >= c.steps_per_block))
+        self.block += block_done
+        self.step_in_block.masked_fill_(block_done, 0)
+        self.finished |= self.block >= c.n_blocks
+
+    # ------------------------------------------------------------------------------------------
+    def _state(self):
+        hist = [] if self.history is None else [self.history.ids, self.history.lengths]
+        return [self.x, self.remask_count, self.block, self.step_in_block, self.steps, self.finished, self.bad_logits, *hist]
+
+    def _graphed_step(self):
+        """Capture :meth:`step` in a CUDA graph (state restored after the warm-up) and return its replay."""
+        saved = [t.clone() for t in self._state()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.step()  # warm-up: allocations, autotuning, lazy initialisation
+        torch.cuda.current_stream().wait_stream(side)
+        for t, s in zip(self._state(), saved):
+            t.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.step()
+        for t, s in zip(self._state(), saved):  # capture records without running, but be safe
+            t.copy_(s)
+        return graph.replay
+
+    def run(self, trajectory: list | None = None) -> int:
+        """Step until every row has finished; returns the number of model calls.
+
+        The device-side flags (all rows finished, bad logits seen) are read every
+        ``cfg.check_every`` steps: one host synchronisation each time, none inside a step.
+        """
+        if bool(self.finished.all()):
+            return 0
+        step = self._graphed_step() if self.cfg.cuda_graph and self.x.is_cuda else self.step
+        calls = 0
+        for it in range(self.cfg.steps):  # no row takes more than `steps` steps
+            step()
+            calls += 1
+            if trajectory is not None:
+                trajectory.append(self.x.clone())
+            if (it + 1) % self.cfg.check_every == 0 or it + 1 == self.cfg.steps:
+                done, bad = torch.stack([self.finished.all(), self.bad_logits]).tolist()
+                if bad:
+                    raise ValueError(f"the model produced NaN or all -inf logits (by step {it + 1})")
+                if done:
+                    break
+        return calls

@@ -1,0 +1,108 @@
+"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+
+Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
+so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
+"""
+from __future__ import annotations
+
+import torch
+
+from rmkernels.decode.canvas import Canvas
+from rmkernels.decode.config import DecodeConfig
+from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.model import RMModel
+from rmkernels.reference.rm_stats import rm_stats_reference
+
+COUNTER_STRIDE = 1 << 24  # RNG counter of (step, position) = step * 2**24 + position
+
+
+def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig, mask_id: int, seed: int):
+    """Decode row ``b`` of ``canvas``.
+
+    Returns ``(tokens [L], steps, trajectory, filled)``: the trajectory is the list of canvases
+    (start, then after each step); ``filled`` tells whether the optional finish ran a forward pass.
+    """
+    x = canvas.tokens[b].clone()  # [L]
+    L = x.shape[0]
+    gen, rank = canvas.gen_mask[b], canvas.gen_rank[b]
+    attn = None if canvas.attention_mask is None else canvas.attention_mask[b : b + 1]
+    H = cfg.history_steps
+    remask_count = torch.zeros(L, dtype=torch.int64)
+    history: list[torch.Tensor] = []  # previous states, most recent first
+    step = 0
+    trajectory = [x.clone()]
+    threshold = torch.tensor(cfg.reveal_threshold, dtype=torch.float32)  # compared in float32, as the fast path
+    remask_threshold = torch.tensor(cfg.remask_threshold, dtype=torch.float32)
+
+    def logits_now():  # [L, V] for the current canvas and history
+        hist = None
+        if H > 0:
+            ids = torch.full((1, H, L), mask_id, dtype=torch.int64, device=x.device)
+            for d, state in enumerate(history):
+                ids[0, d] = state
+            hist = (ids, torch.tensor([len(history)], device=x.device))
+        return decoder_logits(rm, x[None], attn, gen[None], hist, cfg, mask_id, kernels="reference")[0]
+
+    for block in range(int(canvas.n_blocks[b])):
+        editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
+        for _ in range(int(canvas.steps_per_block[b])):
+            logits = logits_now()
+            counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
+            top_id, top_p, mask_p, cur_p, best_id, best_p, status = rm_stats_reference(
+                logits, x, mask_id, temperature=cfg.temperature, seed=seed, offset=counters
+            )
+            if bool((status != 0).any()):
+                raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+
+            # 1. reveal: masked editable positions whose candidate is not the mask
+            candidates = []  # (probability, position, token)
+            for i in range(L):
+                if editable[i] and x[i] == mask_id:
+                    if not cfg.allow_mask_candidate:
+                        candidates.append((best_p[i], i, best_id[i]))
+                    elif top_id[i] != mask_id:  # argmax is the mask: abstain this step
+                        candidates.append((top_p[i], i, top_id[i]))
+            ranked = sorted(candidates, key=lambda c: (-float(c[0]), c[1]))  # ties: lowest position
+            if cfg.reveal == "topk":
+                revealed = ranked[: cfg.reveal_per_step]
+            elif cfg.reveal == "threshold":
+                revealed = [c for c in ranked if c[0] >= threshold] or ranked[:1]
+            else:  # "all"
+                revealed = ranked
+
+            # 2. reflective re-mask of visible editable tokens the model now doubts
+            remasked = []
+            if cfg.remask_rule is not None and step % cfg.remask_interval == 0:
+                for i in range(L):
+                    capped = cfg.max_remask >= 0 and remask_count[i] >= cfg.max_remask
+                    if editable[i] and x[i] != mask_id and not capped:
+                        if cfg.remask_rule == "rm":
+                            doubt = mask_p[i] > cur_p[i]
+                        else:  # "confidence": the token's own probability is low
+                            doubt = cur_p[i] < remask_threshold
+                        if doubt:
+                            remasked.append(i)
+
+            # 3. apply both, from the same forward pass
+            new_x = x.clone()
+            for _, i, token in revealed:
+                new_x[i] = token
+            for i in remasked:
+                new_x[i] = mask_id
+                remask_count[i] += 1
+            step += 1
+            changed = bool(revealed or remasked)
+            if changed and H > 0:
+                history = [x.clone()] + history[: H - 1]
+            x = new_x
+            trajectory.append(x.clone())
+            if not changed:  # 4. fixed point: this block is done
+                break
+
+    # 5. optional finish: positions still masked take the best non-mask id
+    filled = False
+    if cfg.fill_remaining and bool((gen & (x == mask_id)).any()):
+        best_id = rm_stats_reference(logits_now(), x, mask_id)[4]
+        x = torch.where(gen & (x == mask_id), best_id, x)
+        filled = True
+    return x, step, trajectory, filled
