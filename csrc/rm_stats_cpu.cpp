@@ -11,6 +11,8 @@
 // rmkernels/reference/rng.py (bit-identical noise), computed in a separate scan.
 // Row status flags match the reference: 1 NaN, 2 all -inf, 4 token outside [0, V); flagged rows
 // get ids -1 and NaN probabilities, and an out-of-range token is never dereferenced.
+#pragma GCC diagnostic ignored "-Wpsabi"  // v8f in internal helpers: no ABI crosses this file
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +29,6 @@ namespace rmk {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int kLanes = 16;
 
 inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
@@ -38,31 +39,94 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// exp(x) for x <= 0 (arguments are z - max); |rel err| < 2e-7 on [-87, 0], 0 below. Branch-free
-// so that loops calling it vectorise.
-inline float fast_exp_nonpos(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-  float p = 1.9875691500e-4f;
+// 8-float SIMD vectors (GCC/Clang vector extensions: SSE pairs by default, one AVX2 register in the
+// avx2 clone of the kernel below).
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// exp(x) for x <= 0 (the arguments are z - max): Cephes-style range reduction and polynomial,
+// |rel err| < 2e-7 on [-87, 0]; below -87 the result is ~1e-38 (negligible in a sum).
+inline v8f exp_nonpos(v8f x) {
+  x = x < -87.0f ? v8f{} - 87.0f : x;
+  const v8f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  const v8f r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+  v8f p = v8f{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  std::memcpy(&bits, &p, 4);
-  bits += e - (127 << 23);
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
+  const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;  // 2^n as float bits
+  v8f scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
 }
 
 template <typename T>
 inline float to_f(T v) {
   return static_cast<float>(v);
+}
+
+template <typename T>
+inline v8f load8(const T* z) {
+  v8f out;
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(&out, z, sizeof(out));
+  } else {
+    for (int l = 0; l < 8; ++l) out[l] = static_cast<float>(z[l]);
+  }
+  return out;
+}
+
+// Max over z[0, V) and whether any element is NaN.
+template <typename T>
+inline float row_max(const T* z, int64_t V, int* nan) {
+  v8f m0 = v8f{} + kNegInf, m1 = m0;
+  v8i n0 = v8i{}, n1 = v8i{};
+  const int64_t V16 = V - V % 16;
+  for (int64_t v = 0; v < V16; v += 16) {
+    const v8f a = load8(z + v), b = load8(z + v + 8);
+    n0 |= (a != a);
+    n1 |= (b != b);
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  n0 |= n1;
+  float m = kNegInf;
+  int any_nan = 0;
+  for (int l = 0; l < 8; ++l) {
+    m = m0[l] > m ? m0[l] : m;
+    any_nan |= n0[l] != 0;
+  }
+  for (int64_t v = V16; v < V; ++v) {
+    const float x = to_f(z[v]);
+    any_nan |= (x != x);
+    m = x > m ? x : m;
+  }
+  *nan = any_nan;
+  return m;
+}
+
+// sum_v exp(z[v] - m): float lanes within tiles of 1024, double across tiles.
+template <typename T>
+inline double row_sum_exp(const T* z, int64_t V, float m) {
+  constexpr int64_t kTile = 1024;
+  const int64_t V16 = V - V % 16;
+  double s = 0.0;
+  for (int64_t t0 = 0; t0 < V16; t0 += kTile) {
+    const int64_t t1 = t0 + kTile < V16 ? t0 + kTile : V16;
+    v8f a0 = v8f{}, a1 = v8f{};
+    for (int64_t v = t0; v < t1; v += 16) {
+      a0 += exp_nonpos(load8(z + v) - m);
+      a1 += exp_nonpos(load8(z + v + 8) - m);
+    }
+    a0 += a1;
+    for (int l = 0; l < 8; ++l) s += a0[l];
+  }
+  for (int64_t v = V16; v < V; ++v) s += std::exp(to_f(z[v]) - m);
+  return s;
 }
 
 template <typename T>
@@ -72,29 +136,11 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
                    float* best_p, int32_t* status) {
   const bool sample = temperature > 0;
   const float temp_f = static_cast<float>(temperature);
-  constexpr int64_t kTile = 1024;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const T* z = base + (r / L1) * stride0 + (r % L1) * stride1;
-    // pass 1: max and NaN flag, in kLanes independent lanes so the loop vectorises
-    float m_l[kLanes];
-    int nan_l[kLanes];
-    for (int l = 0; l < kLanes; ++l) { m_l[l] = kNegInf; nan_l[l] = 0; }
-    const int64_t V_main = V - V % kLanes;
-    for (int64_t v = 0; v < V_main; v += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const float x = to_f(z[v + l]);
-        nan_l[l] |= (x != x);
-        m_l[l] = x > m_l[l] ? x : m_l[l];
-      }
-    }
-    for (int64_t v = V_main; v < V; ++v) {
-      const float x = to_f(z[v]);
-      nan_l[0] |= (x != x);
-      m_l[0] = x > m_l[0] ? x : m_l[0];
-    }
-    float m = kNegInf;
+    // pass 1: max and NaN flag
     int nan = 0;
-    for (int l = 0; l < kLanes; ++l) { m = m_l[l] > m ? m_l[l] : m; nan |= nan_l[l]; }
+    const float m = row_max(z, V, &nan);
     const int64_t tok = tokens[r];
     const bool tok_ok = tok >= 0 && tok < V;
     const int32_t st = (nan ? 1 : 0) | (m == kNegInf ? 2 : 0) | (tok_ok ? 0 : 4);
@@ -129,17 +175,8 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         if (v != mask_id && score > bv) { bv = score; bi = v; }
       }
     }
-    // pass 2: s = sum exp(z - m), float lanes per tile, double across tiles
-    double s = 0.0;
-    for (int64_t t0 = 0; t0 < V_main; t0 += kTile) {
-      const int64_t t1 = t0 + kTile < V_main ? t0 + kTile : V_main;
-      float acc[kLanes] = {};
-      for (int64_t v = t0; v < t1; v += kLanes) {
-        for (int l = 0; l < kLanes; ++l) acc[l] += fast_exp_nonpos(to_f(z[v + l]) - m);
-      }
-      for (int l = 0; l < kLanes; ++l) s += acc[l];
-    }
-    for (int64_t v = V_main; v < V; ++v) s += fast_exp_nonpos(to_f(z[v]) - m);
+    // pass 2: s = sum exp(z - m)
+    const double s = row_sum_exp(z, V, m);
     const float inv_s = static_cast<float>(1.0 / s);
     auto prob = [&](int64_t id) { return std::exp(to_f(z[id]) - m) * inv_s; };
     top_id[r] = ti;
@@ -149,6 +186,30 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
     mask_p[r] = prob(mask_id);
     cur_p[r] = prob(tok);
   }
+}
+
+// The same rows compiled for AVX2 + FMA (every helper above is inlined into it); chosen at run time.
+#if defined(__x86_64__) || defined(__i386__)
+#define RMK_AVX2_CLONE __attribute__((target("avx2,fma"), flatten))
+#else
+#define RMK_AVX2_CLONE
+#endif
+template <typename T>
+RMK_AVX2_CLONE void rm_stats_rows_avx2(
+    const T* base, int64_t row_begin, int64_t row_end, int64_t V, int64_t L1, int64_t stride0, int64_t stride1,
+    const int64_t* tokens, const int64_t* counters, int64_t mask_id, double temperature, uint32_t seed_key,
+    int64_t* top_id, float* top_p, float* mask_p, float* cur_p, int64_t* best_id, float* best_p, int32_t* status) {
+  rm_stats_rows<T>(base, row_begin, row_end, V, L1, stride0, stride1, tokens, counters, mask_id, temperature,
+                   seed_key, top_id, top_p, mask_p, cur_p, best_id, best_p, status);
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
 }
 
 void check_out(const char* name, const at::Tensor& t, int64_t n, at::ScalarType dtype) {
@@ -188,8 +249,9 @@ void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const 
   const uint32_t key = static_cast<uint32_t>(seed_key & 0xFFFFFFFF);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rm_stats_cpu", [&] {
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
+    auto rows = cpu_has_avx2() ? &rm_stats_rows_avx2<scalar_t> : &rm_stats_rows<scalar_t>;
     at::parallel_for(0, n_rows, 1, [&](int64_t b, int64_t e) {
-      rm_stats_rows<scalar_t>(base, b, e, V, L1, stride0, stride1, tokens.const_data_ptr<int64_t>(),
+      rows(base, b, e, V, L1, stride0, stride1, tokens.const_data_ptr<int64_t>(),
                               counters.const_data_ptr<int64_t>(), mask_id, temperature, key,
                               top_id.data_ptr<int64_t>(), top_p.data_ptr<float>(), mask_p.data_ptr<float>(),
                               cur_p.data_ptr<float>(), best_id.data_ptr<int64_t>(), best_p.data_ptr<float>(),

@@ -315,3 +315,32 @@ def test_plain_callable_and_overrides():
     out = generate(fn, torch.full((2, 6), M), mask_id=M, history_steps=0, reveal="all", steps=4)
     assert torch.equal(out.sequences, target.expand(2, 6))
     assert out.nfe >= 2
+
+
+def test_render_trajectory_marks_reveals_remasks_and_replays():
+    from rmkernels.decode.viz import render_trajectory
+
+    traj = torch.tensor([[[3, 5, M]], [[M, M, 2]], [[3, 4, 2]]])  # cell 0 replays 3, cell 1 changes 5 -> 4
+    text = render_trajectory(traj, M, color=False)
+    lines = text.splitlines()
+    assert lines[0] == "step 0 | 3 5 _"
+    assert lines[1] == "step 1 | _~ _~ 2+"
+    assert lines[2] == "step 2 | 3! 4+ 2"
+    assert lines[3] == "reveals 3, re-masks 2, replays 1 (33.33% of reveals)"
+    colored = render_trajectory(traj, M, color=True, decode=lambda i: "abcdef"[i])
+    assert "\033[97;41md\033[0m" in colored  # the replayed 'd' in red
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("hist", [0, 2])
+def test_cuda_fast_equals_reference_and_graph_replay(hist):
+    model = tiny_model(5).cuda()
+    norm = random_norm(32, 5).cuda()
+    ids, am = prompts_batch(5)
+    ids, am = ids.cuda(), am.cuda()
+    cfg = DecodeConfig(steps=16, reveal_per_step=2, block_size=4, record_trajectory=True, **HISTORY[hist])
+    ref = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm, impl="reference")
+    fast = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm)
+    graphed = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm, cuda_graph=True)
+    assert_same_decode(ref, fast)
+    assert_same_decode(fast, graphed)
