@@ -28,30 +28,59 @@ def _row(name, shape, ok, t_ref, t_fast, impl):
     print(f"{name:<16} {shape:<22} {impl:<10} {'ok' if ok else 'MISMATCH':<9} {t_ref * 1e3:9.3f} {fast} {speed}")
 
 
+def _same(a, b, atol=1e-5) -> bool:
+    if isinstance(a, (tuple, list)):
+        return all(_same(x, y, atol) for x, y in zip(a, b))
+    if a.dtype in (torch.int64, torch.int32):
+        return torch.equal(a, b)
+    return torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-4)
+
+
 def kernels_demo(rows: int = 256, vocab: int = 32000, repeat: int = 5) -> int:
+    from rmkernels._ext import extension_available
     from rmkernels._utils import triton_interpret
+    from rmkernels.ops.history_embed import history_embed
     from rmkernels.ops.rm_stats import rm_stats
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}  torch {torch.__version__}")
+    print(f"device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}  torch {torch.__version__}  "
+          f"threads {torch.get_num_threads()}  rmkernels._C: {'built' if extension_available(dev) else 'not built'}")
     print(f"{'op':<16} {'shape':<22} {'impl':<10} {'check':<9} {'ref ms':>9} {'fast ms':>9} {'speedup':>7}")
     failures = 0
-
     g = torch.Generator(device="cpu").manual_seed(0)
+
+    # rm_stats: Triton on a GPU, C++ on a CPU
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     logits = torch.randn(rows, vocab, generator=g).to(device=dev, dtype=dtype)
     tokens = torch.randint(0, vocab, (rows,), generator=g).to(dev)
-    mask_id = vocab - 1
-    ref = lambda: rm_stats(logits, tokens, mask_id, impl="reference")  # noqa: E731
-    t_ref = _time(ref, repeat)
-    if dev.type == "cuda" or triton_interpret():
-        fast = lambda: rm_stats(logits, tokens, mask_id, impl="triton")  # noqa: E731
-        a, b = ref(), fast()
-        ok = all(torch.equal(x, y) if x.dtype == torch.int64 else torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
-        t_fast = _time(fast, repeat)
-        _row("rm_stats", f"[{rows}, {vocab}] {str(dtype)[6:]}", ok, t_ref, t_fast, "triton")
+    impl = "triton" if dev.type == "cuda" or triton_interpret() else ("cpp" if extension_available(dev) else None)
+    ref = lambda: rm_stats(logits, tokens, vocab - 1, impl="reference")  # noqa: E731
+    shape = f"[{rows}, {vocab}] {str(dtype)[6:]}"
+    if impl:
+        fast = lambda: rm_stats(logits, tokens, vocab - 1, impl=impl)  # noqa: E731
+        ok = _same(ref(), fast())
+        _row("rm_stats", shape, ok, _time(ref, repeat), _time(fast, repeat), impl)
         failures += not ok
     else:
-        _row("rm_stats", f"[{rows}, {vocab}] {str(dtype)[6:]}", True, t_ref, None, "reference")
-        print("  (Triton needs CUDA, or TRITON_INTERPRET=1 for the CPU interpreter)")
+        _row("rm_stats", shape, True, _time(ref, repeat), None, "reference")
+
+    # history_embed: C++ on a CPU, CUDA on a GPU
+    B, L, D, H, V = 16, 256, 1024, 6, 32000
+    weight = torch.randn(V, D, generator=g).to(dev)
+    x = torch.randint(0, V, (B, L), generator=g).to(dev)
+    hist = torch.randint(0, V, (B, H, L), generator=g).to(dev)
+    hlen = torch.randint(0, H + 1, (B,), generator=g).to(dev)
+    gen = (torch.rand(B, L, generator=g) < 0.8).to(dev)
+    args = (weight, x, hist, hlen, gen)
+    ref = lambda: history_embed(*args, decay=0.1, impl="reference")  # noqa: E731
+    shape = f"B*L={B * L} D={D} H={H}"
+    if extension_available(dev):
+        fast = lambda: history_embed(*args, decay=0.1, impl="ext")  # noqa: E731
+        ok = _same(ref(), fast(), atol=1e-4)
+        _row("history_embed", shape, ok, _time(ref, repeat), _time(fast, repeat), "ext")
+        failures += not ok
+    else:
+        _row("history_embed", shape, True, _time(ref, repeat), None, "reference")
+    if failures == 0 and not impl:
+        print("  (build rmkernels._C with `pip install --no-build-isolation -e .` for the C++ kernels)")
     return 1 if failures else 0
