@@ -11,12 +11,7 @@ from rmkernels.models import TinyMDM, TinyMDMConfig
 V, M = 23, 22
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MaskCompetitive(torch.nn.Module):

@@ -14,12 +14,7 @@ V, MASK, L, P = 13, 12, 12, 6  # reverse-copy task: answer = the prompt reversed
 DIM = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny tensors: a second thread only adds contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_task(n, seed):

@@ -5,11 +5,12 @@ import sys
 
 import pytest
 import torch
-from test_trainer import MASK, V, _one_thread, tiny_task  # noqa: F401 (autouse fixture)
+from test_trainer import MASK, V, tiny_task
 
 from rmkernels.training import SynthConfig, precompute
 from rmkernels.training.__main__ import main as train_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

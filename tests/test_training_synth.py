@@ -23,12 +23,7 @@ from rmkernels.training.data import step_seed
 from rmkernels.training.synth import KIND_CLEAN, KIND_MASKED, KIND_WRONG
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny tensors: a second thread only adds contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(B, L, V, mask_id, seed, prompt=None):

@@ -18,11 +18,11 @@ only the fused kernel.
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 
+from rmkernels._ext import _C, extension_available, require_extension
 from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_same_device, check_tensor, resolve_impl
 from rmkernels.reference.history import her_rotation, her_weights, history_embed_reference
 
@@ -30,31 +30,12 @@ __all__ = ["extension_available", "history_embed"]
 
 WEIGHT_DTYPES = FLOAT_DTYPES + (torch.float64,)
 
-try:  # loading the extension registers the C++ schemas and kernels under torch.ops.rmkernels
-    _C = importlib.import_module("rmkernels._C")
-    _C_ERROR = None
-except (ImportError, OSError) as exc:  # not built, or built against another torch
-    _C = None
-    _C_ERROR = f"{type(exc).__name__}: {exc}"
-
-
-def extension_available(device: torch.device | str = "cpu") -> bool:
-    """True when the ``rmkernels._C`` kernel can run on ``device`` (CPU always once built; CUDA
-    when the extension was built with its CUDA part)."""
-    device = torch.device(device)
-    if _C is None:
-        return False
-    return device.type == "cpu" or (device.type == "cuda" and _C.with_cuda())
-
-
 def _resolve(impl: str, device: torch.device) -> str:
     if impl == "auto" and not extension_available(device):
         return "reference"
     impl = resolve_impl(impl, device, "ext")
-    if impl == "ext" and not extension_available(device):
-        why = _C_ERROR or "it was built without CUDA (torch without CUDA or nvcc not found at build time)"
-        raise ValueError(f"impl='ext' cannot run on {device}: rmkernels._C is unavailable ({why}); "
-                         "build it with `pip install --no-build-isolation -e .` or use impl='reference'")
+    if impl == "ext":
+        require_extension(impl, device)
     return impl
 
 
