@@ -108,15 +108,21 @@ def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.co
         up = score_nm > best_val
         best_val = tl.where(up, score_nm, best_val)
         best_idx = tl.where(up, cols, best_idx)
-    # lane reduction
-    m = tl.max(m_vec, axis=0)
-    s = tl.sum(tl.where(m_vec > NEG_INF, s_vec * tl.exp(m_vec - m), 0.0), axis=0)
+    return _merge_partials(m_vec, s_vec, top_val, top_idx, best_val, best_idx, nan_vec)
+
+
+@triton.jit
+def _merge_partials(m_p, s_p, top_val, top_idx, best_val, best_idx, nan_p):
+    """Merge partials (lanes of one tile, or slices of a row): online-softmax max / sum, and the
+    argmaxes with ties to the lowest id."""
+    NEG_INF: tl.constexpr = float("-inf")
+    m = tl.max(m_p, axis=0)
+    s = tl.sum(tl.where(m_p > NEG_INF, s_p * tl.exp(m_p - m), 0.0), axis=0)
     tv = tl.max(top_val, axis=0)
     ti = tl.min(tl.where(top_val == tv, top_idx, 2147483647), axis=0)
     bv = tl.max(best_val, axis=0)
     bi = tl.min(tl.where(best_val == bv, best_idx, 2147483647), axis=0)
-    has_nan = tl.max(nan_vec, axis=0)
-    return m, s, tv, ti, bv, bi, has_nan
+    return m, s, tv, ti, bv, bi, tl.max(nan_p, axis=0)
 
 
 @triton.jit
@@ -202,13 +208,7 @@ def _rm_stats_reduce_kernel(
     ti_s = tl.load(pi + 0, mask=ok, other=2147483647)
     bi_s = tl.load(pi + 1, mask=ok, other=2147483647)
     nan_s = tl.load(pi + 2, mask=ok, other=0)
-    m = tl.max(m_s, axis=0)
-    s = tl.sum(tl.where(m_s > NEG_INF, s_s * tl.exp(m_s - m), 0.0), axis=0)
-    tv = tl.max(tv_s, axis=0)
-    ti = tl.min(tl.where(tv_s == tv, ti_s, 2147483647), axis=0)
-    bv = tl.max(bv_s, axis=0)
-    bi = tl.min(tl.where(bv_s == bv, bi_s, 2147483647), axis=0)
-    has_nan = tl.max(nan_s, axis=0)
+    m, s, tv, ti, bv, bi, has_nan = _merge_partials(m_s, s_s, tv_s, ti_s, bv_s, bi_s, nan_s)
     _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
               top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr)
 
