@@ -90,13 +90,12 @@ def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.co
         valid = cols < col_end
         z = tl.load(base + cols, mask=valid, other=NEG_INF).to(tl.float32)
         nan_vec = nan_vec | (z != z).to(tl.int32)
-        # online softmax, per lane; exp(-inf - -inf) is guarded to 0
-        m_new = tl.maximum(m_vec, z)
-        safe = m_new > NEG_INF
-        alpha = tl.where(safe, tl.exp(m_vec - m_new), 0.0)
-        beta = tl.where(safe, tl.exp(z - m_new), 0.0)
-        s_vec = s_vec * alpha + beta
-        m_vec = m_new
+        # online softmax per lane with one exp per element: e = exp(-|z - m|) is the factor of
+        # whichever of the old sum and the new element is not the new max (-inf elements add 0)
+        e = tl.where(z > NEG_INF, tl.exp(-tl.abs(z - m_vec)), 0.0)
+        gt = z > m_vec
+        s_vec = tl.where(gt, s_vec * e + 1.0, s_vec + e)
+        m_vec = tl.where(gt, z, m_vec)
         if SAMPLE:
             score = tl.where(valid, z * inv_temp + gumbel(rkey, cols), NEG_INF)
         else:
@@ -254,8 +253,9 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _pick_block(V: int, elem_size: int) -> int:
-    # 16 KiB of logits per tile is a good balance of registers and memory-level parallelism
-    return max(16, min(triton.next_power_of_2(V), 16384 // elem_size))
+    # 4096 columns per tile: with 8 warps, 16 elements (two 16-byte bf16 loads) per thread and
+    # seven per-lane accumulators stay in registers
+    return max(16, min(triton.next_power_of_2(V), 4096))
 
 
 def _plan(N: int, V: int, block_v: int, device: torch.device, split: int | None) -> int:
@@ -302,7 +302,7 @@ def _rm_stats_triton(
     inv_temp = 1.0 / temperature if sample else 1.0
     block = block_v if block_v > 0 else _pick_block(V, z.element_size())
     S = _plan(N, V, block, device, split if split > 0 else None)
-    nw = 8 if block >= 4096 else 4
+    nw = 8 if block >= 2048 else 4
     if S == 1:
         _rm_stats_fused_kernel[(N,)](
             z, x, counters, *outs, V, L1, st0, st1, mask_id, inv_temp, seed_key,
