@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_same_device, check_tensor, resolve_impl
-from rmkernels.ops.rm_stats import _pick_block, _row_base, _row_layout
+from rmkernels.ops._rows import pick_block, row_base, row_layout
 from rmkernels.reference.loss import PART_KEEP, PART_MASK, PART_REVEAL, RMLoss, rm_loss_reference
 
 __all__ = ["RMLoss", "rm_loss"]
@@ -79,7 +79,7 @@ def _rm_ce_fwd_kernel(
     WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
-    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    base = row_base(z_ptr, row, L1, stride0, stride1)
     y, active, y_ok = _row_target(y_ptr, part_ptr, row, V)
     lse = _row_lse(base, V, active, BLOCK_V)
     z_y = tl.load(base + tl.where(y_ok, y, 0)).to(tl.float32)  # never out of bounds
@@ -98,7 +98,7 @@ def _rm_ce_bwd_kernel(
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
-    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    base = row_base(z_ptr, row, L1, stride0, stride1)
     y, active, y_ok = _row_target(y_ptr, part_ptr, row, V)
     scale = tl.where(active, tl.where(y_ok, tl.load(g_ptr + row), float("nan")), 0.0)
     _row_grad(base, dz_ptr + row.to(tl.int64) * V, V, y, tl.load(lse_ptr + row), scale, BLOCK_V)
@@ -119,12 +119,12 @@ def _rows_fake(labels: torch.Tensor, device) -> torch.Tensor:
 def _launch_fwd(logits, labels, part, coef, block_v: int, write_grad: bool):
     """Per-row ``(ce, lse)``, float32 ``[N]``; with ``write_grad`` overwrites ``logits`` in place."""
     V = logits.shape[-1]
-    z, N, L1, st0, st1 = _row_layout(logits)
+    z, N, L1, st0, st1 = row_layout(logits)
     if write_grad and z.data_ptr() != logits.data_ptr():
         raise ValueError("logits must have a unit last-dim stride for the in-place gradient kernel")
     ce, lse = (_new_output(N, torch.float32, logits.device) for _ in range(2))
     if N:
-        block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+        block = block_v if block_v > 0 else pick_block(V)
         coef = ce if coef is None else coef  # any float32 pointer: unread without WRITE_GRAD
         _rm_ce_fwd_kernel[(N,)](
             z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), coef, ce, lse,
@@ -150,10 +150,10 @@ def _rm_ce_bwd(
 ) -> torch.Tensor:
     """``dlogits`` (contiguous, ``logits.dtype``) for the upstream gradient ``grad_ce [N]``."""
     V = logits.shape[-1]
-    z, N, L1, st0, st1 = _row_layout(logits)
+    z, N, L1, st0, st1 = row_layout(logits)
     dz = _new_output(logits.shape, logits.dtype, logits.device)
     if N:
-        block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+        block = block_v if block_v > 0 else pick_block(V)
         _rm_ce_bwd_kernel[(N,)](
             z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse,
             grad_ce.float().contiguous(), dz, V, L1, st0, st1,

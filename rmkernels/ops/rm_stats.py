@@ -31,6 +31,7 @@ from rmkernels._utils import (
     resolve_impl,
     triton_interpret,
 )
+from rmkernels.ops._rows import pick_block, row_base, row_layout
 from rmkernels.ops._triton_rng import gumbel, row_key
 from rmkernels.reference.rm_stats import (
     STATUS_ALL_NEG_INF,
@@ -67,12 +68,6 @@ class RMStats(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _row_base(z_ptr, row, L1, stride0, stride1):
-    # rows are addressed through (at most) two leading strides: row = i0 * L1 + i1
-    return z_ptr + (row // L1).to(tl.int64) * stride0 + (row % L1).to(tl.int64) * stride1
-
-
 @triton.jit
 def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr):
     """Scan columns [col_start, col_end) of one row; returns lane-reduced partials."""
@@ -155,7 +150,7 @@ def _rm_stats_fused_kernel(
     SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
-    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    base = row_base(z_ptr, row, L1, stride0, stride1)
     rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
     m, s, tv, ti, bv, bi, has_nan = _scan_slice(base, 0, V, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
     _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
@@ -170,7 +165,7 @@ def _rm_stats_partial_kernel(
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
-    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    base = row_base(z_ptr, row, L1, stride0, stride1)
     rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
     col_start = split * CHUNK
     col_end = tl.minimum(col_start + CHUNK, V)
@@ -195,7 +190,7 @@ def _rm_stats_reduce_kernel(
 ):
     NEG_INF: tl.constexpr = float("-inf")
     row = tl.program_id(0)
-    base = _row_base(z_ptr, row, L1, stride0, stride1)
+    base = row_base(z_ptr, row, L1, stride0, stride1)
     sp = tl.arange(0, BLOCK_S)
     ok = sp < S
     pf = part_f_ptr + (row.to(tl.int64) * S + sp) * 4
@@ -215,47 +210,10 @@ def _rm_stats_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launcher and registered op
 # ----------------------------------------------------------------------------------------------
-def _row_layout(logits: torch.Tensor):
-    """Express the rows of ``logits`` [..., V] (last dim contiguous) through <= 2 leading strides.
-
-    Returns ``(tensor, N, L1, stride0, stride1)`` with row ``r`` at ``(r // L1) * stride0 +
-    (r % L1) * stride1``; copies only when the leading dims cannot be expressed that way.
-    """
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    # drop size-1 leading dims, then merge neighbours whose strides chain
-    dims = [(n, st) for n, st in zip(logits.shape[:-1], logits.stride()[:-1]) if n != 1]
-    merged = []
-    for n, st in dims:
-        if merged and merged[-1][1] == n * st:
-            merged[-1] = (merged[-1][0] * n, st)
-        else:
-            merged.append((n, st))
-    if len(merged) > 2:
-        logits = logits.contiguous()
-        V = logits.shape[-1]
-        merged = [(logits.numel() // max(V, 1), V)]
-    N = 1
-    for n, _ in merged:
-        N *= n
-    if not merged:
-        return logits, N, 1, 0, 0
-    if len(merged) == 1:
-        return logits, N, N, 0, merged[0][1]
-    (n0, st0), (n1, st1) = merged
-    return logits, N, n1, st0, st1
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # interpreter: any small number exercises the same logic
-
-
-def _pick_block(V: int, elem_size: int) -> int:
-    # 4096 columns per tile: with 8 warps, 16 elements (two 16-byte bf16 loads) per thread and
-    # seven per-lane accumulators stay in registers
-    return max(16, min(triton.next_power_of_2(V), 4096))
 
 
 def _plan(N: int, V: int, block_v: int, device: torch.device, split: int | None) -> int:
@@ -292,7 +250,7 @@ def _rm_stats_triton(
     block_v: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     V = logits.shape[-1]
-    z, N, L1, st0, st1 = _row_layout(logits)
+    z, N, L1, st0, st1 = row_layout(logits)
     device = logits.device
     x = tokens.reshape(-1)
     outs = _alloc_outputs(N, device)
@@ -300,7 +258,7 @@ def _rm_stats_triton(
         return outs
     sample = temperature > 0
     inv_temp = 1.0 / temperature if sample else 1.0
-    block = block_v if block_v > 0 else _pick_block(V, z.element_size())
+    block = block_v if block_v > 0 else pick_block(V)
     S = _plan(N, V, block, device, split if split > 0 else None)
     nw = 8 if block >= 2048 else 4
     if S == 1:
@@ -430,7 +388,7 @@ def rm_stats(
     if impl == "reference":
         out = rm_stats_reference(logits, tokens, mask_id, temperature=temperature, seed=seed, offset=offset)
     elif impl == "cpp":
-        z, N, L1, st0, st1 = _row_layout(logits)
+        z, N, L1, st0, st1 = row_layout(logits)
         counters = row_counters(N, offset, logits.device).contiguous()
         x = tokens.reshape(-1).to(torch.int64).contiguous()
         out = _alloc_outputs(N, logits.device)
