@@ -36,6 +36,14 @@ void check_1d(const char* name, const at::Tensor& t, int64_t n, at::ScalarType d
 
 }  // namespace
 
+void check_grad_out(const at::Tensor& grad_out, const HerSizes& n, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({n.B, n.L, n.D}) &&
+                        grad_out.scalar_type() == weight.scalar_type() && grad_out.device() == weight.device(),
+                    "grad_out must be [B, L, D] = [", n.B, ", ", n.L, ", ", n.D, "] in ", weight.scalar_type(),
+                    " on ", weight.device(), ", got ", grad_out.sizes(), " ", grad_out.scalar_type(), " on ",
+                    grad_out.device());
+}
+
 HerSizes check_her_args(const at::Tensor& weight, const at::Tensor& input_ids, const at::Tensor& history_ids,
                         const at::Tensor& history_len, const at::Tensor& token_mask, const at::Tensor& cos,
                         const at::Tensor& sin, const at::Tensor& hw, const std::optional<at::Tensor>& ln_weight,
@@ -343,10 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> history_embed_backward_cpu(
     const at::Tensor& hw, const std::optional<at::Tensor>& ln_weight, double eps, bool weight_grad) {
   const HerSizes n =
       check_her_args(weight, input_ids, history_ids, history_len, token_mask, cos, sin, hw, ln_weight, std::nullopt);
-  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == n.B && grad_out.size(1) == n.L &&
-                        grad_out.size(2) == n.D && grad_out.scalar_type() == weight.scalar_type(),
-                    "grad_out must be [B, L, D] = [", n.B, ", ", n.L, ", ", n.D, "] in ", weight.scalar_type(),
-                    ", got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  check_grad_out(grad_out, n, weight);
   const Prepared in = prepare_cpu(weight, input_ids, history_ids, history_len, token_mask, cos, sin, hw, ln_weight,
                                   std::nullopt, n);
   const at::Tensor go = grad_out.contiguous();

@@ -24,6 +24,9 @@ HerSizes check_her_args(const at::Tensor& weight, const at::Tensor& input_ids, c
                         const at::Tensor& sin, const at::Tensor& hw, const std::optional<at::Tensor>& ln_weight,
                         const std::optional<at::Tensor>& ln_bias);
 
+// grad_out must be [B, L, D] in weight's dtype and on weight's device.
+void check_grad_out(const at::Tensor& grad_out, const HerSizes& n, const at::Tensor& weight);
+
 // The accumulation dtype of a weight dtype.
 inline at::ScalarType her_acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

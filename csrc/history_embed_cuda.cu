@@ -512,11 +512,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> history_embed_backward_cuda(
     const at::Tensor& hw, const std::optional<at::Tensor>& ln_weight, double eps, bool weight_grad) {
   const HerSizes n =
       check_her_args(weight, input_ids, history_ids, history_len, token_mask, cos, sin, hw, ln_weight, std::nullopt);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({n.B, n.L, n.D}) &&
-                        grad_out.scalar_type() == weight.scalar_type() && grad_out.device() == weight.device(),
-                    "grad_out must be [B, L, D] = [", n.B, ", ", n.L, ", ", n.D, "] in ", weight.scalar_type(),
-                    " on ", weight.device(), ", got ", grad_out.sizes(), " ", grad_out.scalar_type(), " on ",
-                    grad_out.device());
+  check_grad_out(grad_out, n, weight);
   const c10::DeviceGuard guard(weight.device());
   const CudaInputs in =
       prepare_cuda(weight, input_ids, history_ids, history_len, token_mask, cos, sin, hw, ln_weight, std::nullopt, n);
