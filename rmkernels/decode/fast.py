@@ -36,12 +36,14 @@ class FastDecoder:
             HistoryBuffer(B, L, cfg.history_steps, device=dev, fill=mask_id) if cfg.history_steps > 0 else None
         )
         self.k = min(cfg.reveal_per_step, L)
+        self.suppress_idx = torch.tensor(cfg.suppress_tokens, dtype=torch.int64, device=dev)
 
     # ------------------------------------------------------------------------------------------
     def logits(self) -> torch.Tensor:  # [B, L, V]
         hist = None if self.history is None else (self.history.ids, self.history.lengths)
         c = self.canvas
-        return decoder_logits(self.rm, self.x, c.attention_mask, c.gen_mask, hist, self.cfg, self.mask_id, self.kernels)
+        return decoder_logits(self.rm, self.x, c.attention_mask, c.gen_mask, hist, self.cfg, self.mask_id,
+                              self.kernels, self.suppress_idx)
 
     def _select_reveal(self, R: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """Which revealable positions ``R [B, L]`` to reveal, by ``score [B, L]`` (ties: lowest position)."""

@@ -16,8 +16,13 @@ def decoder_logits(
     cfg: DecodeConfig,
     mask_id: int,
     kernels: str = "auto",
+    suppress_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [B, L, V]
-    """Logits for the canvas ``x`` (shape-checked, so a wrong model output fails here)."""
+    """Logits for the canvas ``x`` (shape-checked, so a wrong model output fails here).
+
+    ``suppress_idx``: ``cfg.suppress_tokens`` as a device tensor, made once by the caller (creating
+    it here would copy from the host inside every step, which a CUDA graph cannot capture).
+    """
     B, L = x.shape
     if cfg.cfg_scale > 0:  # LLaDA's unsupervised guidance: the same canvas with the prompt masked
         prompt = ~gen_mask if attention_mask is None else (~gen_mask & attention_mask)
@@ -48,8 +53,9 @@ def decoder_logits(
     if cfg.suppress_tokens:
         if max(cfg.suppress_tokens) >= logits.shape[-1]:
             raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={logits.shape[-1]})")
-        idx = torch.tensor(cfg.suppress_tokens, device=logits.device)
-        logits = logits.index_fill(-1, idx, float("-inf"))
+        if suppress_idx is None:
+            suppress_idx = torch.tensor(cfg.suppress_tokens, device=logits.device)
+        logits = logits.index_fill(-1, suppress_idx, float("-inf"))
     return logits
 
 
