@@ -2,8 +2,9 @@
 
 Every variant starts from the same base checkpoint and sees the same data: solution grids of the
 train split, each with 4-20 noisy cells (wrong digits drawn uniformly from the base model's top-k
-with the gold digit excluded; for k >= 8 that is every other digit; or masked), a 6-frame synthetic trajectory and oracle labels
-(:mod:`rmkernels.training`). They differ only in History Reference:
+with the gold digit excluded; for k >= 8 that is every other digit; or masked), a 6-frame
+synthetic trajectory and oracle labels (:mod:`rmkernels.training`), plus the decoder's own kinds
+of mistakes (swapped pairs, wrong reveals: :mod:`rmkernels.tasks.sudoku.synth`). They differ only in History Reference:
 
 | variant | history | decay | rotation |
 |---|---|---|---|
@@ -30,7 +31,8 @@ import torch
 from rmkernels.history import HistoryNorm
 from rmkernels.tasks.sudoku.checkpoint import load_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
-from rmkernels.tasks.sudoku.grids import CELLS, DIGITS, MASK_ID, sample_grids, seed_grids
+from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_grids
+from rmkernels.tasks.sudoku.synth import SudokuRMData
 
 HISTORY_STEPS = 6
 VARIANTS = {  # name -> (history_steps, use decay, rotate)
@@ -50,7 +52,9 @@ class PostTrainConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
-    wrong_fraction: float = 0.8
+    wrong_fraction: float = 0.6
+    pair_prob: float = 0.5  # decoder-mistake synthesis (rmkernels.tasks.sudoku.synth); 0 and 0 = SPEC §4 only
+    wrong_reveal_prob: float = 0.5
     topk: int = 8
     frames: int = 6
     seed: int = 0
@@ -100,7 +104,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     Every ``eval_every`` steps it logs the loss parts, :func:`detection_stats` and
     :func:`decode_stats` on ``val_boards`` boards of the val split (``metrics.jsonl``).
     """
-    from rmkernels.training import SynthConfig, SynthData, TrainConfig, Trainer
+    from rmkernels.training import SynthConfig, TrainConfig, Trainer
 
     settings = variant_settings(variant, cfg.decay)
     base, _, base_meta = load_checkpoint(base_path)
@@ -122,8 +126,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     # with topk >= 8 the base model's top-k over the 8 non-gold digits is all of them: the draw is
     # uniform either way, so the base forward is skipped (same distribution, ~25% less compute)
     proposer = base if cfg.topk < DIGITS - 1 else None
-    data = SynthData(targets, torch.ones_like(targets, dtype=torch.bool), MASK_ID, synth, base_model=proposer,
-                     seed=cfg.seed, vocab_size=model.config.vocab_size)
+    data = SudokuRMData(targets, synth, base_model=proposer, seed=cfg.seed, pair_prob=cfg.pair_prob,
+                        wrong_reveal_prob=cfg.wrong_reveal_prob)
     val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, "metrics.jsonl")

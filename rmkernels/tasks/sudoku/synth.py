@@ -1,0 +1,98 @@
+"""Sudoku post-training data: SPEC §4 trajectories plus the decoder's own kinds of mistakes.
+
+SPEC §4 synthesis (:func:`rmkernels.training.build_trajectories`) corrupts cells independently
+and always reveals the gold digit. Decoding corrupted boards with ``reveal="all"`` makes a kind of
+mistake that never appears there: masked cells of one unit revealed in parallel with each other's
+digits (swapped pairs, which break only one unit each) and, in general, wrong reveals. A model
+that never saw them keeps them (measured: about two thirds of the failed validation boards end
+with swapped pairs). :class:`SudokuRMData` adds them to the synthetic trajectories:
+
+* **pairs**: with probability ``pair_prob`` a noisy cell is paired with a noisy peer (same row,
+  column or box); each shows the other's gold digit wherever it would show a wrong digit;
+* **wrong reveals**: a masked cell whose gold reveal comes at frame ``r >= 3`` is first revealed
+  wrong (its partner's gold digit, or with probability ``wrong_reveal_prob`` a random wrong digit
+  when unpaired) on frames ``[r1, a)``, masked on ``[a, r)``, gold from ``r``
+  (``1 <= r1 < a < r``): the transition masked -> wrong -> M -> gold.
+
+Labels and history come from the edited frames (:func:`rmkernels.training.make_batch`), so
+everything else follows SPEC §4. With ``pair_prob = wrong_reveal_prob = 0`` the batches equal
+:class:`rmkernels.training.SynthData`'s.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from rmkernels.tasks.sudoku.grids import CELLS, CELL_UNITS, DIGITS, MASK_ID, VOCAB_SIZE
+
+KIND_WRONG, KIND_MASKED = 2, 1  # rmkernels.training.synth kinds
+PEERS = (CELL_UNITS[:, None, :, None] == CELL_UNITS[None, :, None, :]).any((2, 3)) & ~np.eye(CELLS, dtype=bool)
+
+
+def add_decoder_mistakes(traj, gold: torch.Tensor, rng: np.random.Generator, pair_prob: float,
+                         wrong_reveal_prob: float) -> torch.Tensor:
+    """Edited ``frames [B, T, L]`` of a :class:`SynthTrajectory` (see the module docstring)."""
+    frames = traj.frames.clone().numpy()
+    kind, mask_at, reveal_at = (t.numpy() for t in (traj.kind, traj.mask_at, traj.reveal_at))
+    g = gold.numpy()
+    for b in range(frames.shape[0]):
+        noisy = np.nonzero(kind[b])[0]
+        rng.shuffle(noisy)
+        partner = {}
+        for x in noisy:
+            if x in partner or rng.random() >= pair_prob:
+                continue
+            free = [y for y in noisy if y != x and y not in partner and PEERS[x, y]]
+            if free:
+                y = free[rng.integers(len(free))]
+                partner[x], partner[y] = y, x
+        for x in noisy:
+            if x in partner:
+                val = g[b, partner[x]]
+            elif kind[b, x] == KIND_MASKED and rng.random() < wrong_reveal_prob:
+                val = (g[b, x] + rng.integers(1, DIGITS)) % DIGITS
+            else:
+                continue
+            if kind[b, x] == KIND_WRONG:
+                frames[b, : mask_at[b, x], x] = val
+            elif reveal_at[b, x] >= 3:
+                r1 = rng.integers(1, reveal_at[b, x] - 1)  # [1, r - 2]
+                a = rng.integers(r1 + 1, reveal_at[b, x])  # [r1 + 1, r - 1]
+                frames[b, r1:a, x] = val
+    return torch.from_numpy(frames)
+
+
+class SudokuRMData:
+    """Online RM data for the trainer: ``fetch(indices, step)`` synthesises rows ``indices`` of
+    ``targets [N, 81]`` with seed ``step_seed(seed, step)`` and adds decoder mistakes."""
+
+    def __init__(self, targets: torch.Tensor, config, *, base_model=None, seed: int = 0, pair_prob: float = 0.0,
+                 wrong_reveal_prob: float = 0.0):
+        for name, p in (("pair_prob", pair_prob), ("wrong_reveal_prob", wrong_reveal_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.targets, self.config, self.base_model, self.seed = targets, config, base_model, int(seed)
+        self.pair_prob, self.wrong_reveal_prob = float(pair_prob), float(wrong_reveal_prob)
+        self.vocab_size, self.mask_id, self.history_steps = VOCAB_SIZE, MASK_ID, int(config.history_steps)
+        self.answer_mask = torch.ones_like(targets, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def fetch(self, indices, step: int = 0):
+        from rmkernels.training import build_trajectories, make_batch
+        from rmkernels.training.data import step_seed
+
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        gold, am = self.targets[idx], self.answer_mask[idx]
+        traj = build_trajectories(gold, am, self.base_model, MASK_ID, self.config, seed=step_seed(self.seed, step),
+                                  row_ids=idx, vocab_size=VOCAB_SIZE)
+        if self.pair_prob > 0 or self.wrong_reveal_prob > 0:
+            rng = np.random.default_rng([self.seed, int(step)])
+            traj = replace(traj, frames=add_decoder_mistakes(traj, gold, rng, self.pair_prob, self.wrong_reveal_prob))
+        return make_batch(traj, gold, am, MASK_ID, self.config.history_steps)
+
+
+__all__ = ["PEERS", "SudokuRMData", "add_decoder_mistakes"]
