@@ -6,7 +6,7 @@ import torch
 from rmkernels.tasks.sudoku.grids import MASK_ID, sample_grids, seed_grids
 
 training = pytest.importorskip("rmkernels.training")
-from rmkernels.tasks.sudoku.synth import PEERS, SudokuRMData, add_decoder_mistakes  # noqa: E402
+from rmkernels.tasks.sudoku.synth import CLOSE_PEERS, PEERS, SudokuRMData, add_decoder_mistakes  # noqa: E402
 
 
 def _targets(n=96, seed=0):
@@ -32,6 +32,8 @@ def _pattern(seq, gold):
 def test_peers():
     assert PEERS.shape == (81, 81) and (PEERS.sum(1) == 20).all() and (PEERS == PEERS.T).all()
     assert PEERS[0, 8] and PEERS[0, 72] and PEERS[0, 20] and not PEERS[0, 30] and not PEERS[0, 0]
+    assert (CLOSE_PEERS.sum(1) == 4).all() and (CLOSE_PEERS <= PEERS).all()
+    assert CLOSE_PEERS[0, 1] and CLOSE_PEERS[0, 18] and not CLOSE_PEERS[0, 8] and not CLOSE_PEERS[0, 10]
 
 
 def test_without_mistakes_it_is_the_spec_synthesis():
@@ -60,7 +62,7 @@ def test_mistakes_follow_the_extended_transition_rules(frames):
         g = t[b].numpy()
         for k in range(frames):
             wrong = np.nonzero((f[k] != g) & (f[k] != MASK_ID))[0]
-            swaps += sum(PEERS[x, y] and f[k, x] == g[y] and f[k, y] == g[x] for x in wrong for y in wrong if x < y)
+            swaps += sum(CLOSE_PEERS[x, y] and f[k, x] == g[y] and f[k, y] == g[x] for x in wrong for y in wrong if x < y)
     assert seen <= {"G", "WMG", "MG", "MWMG"} and "MWMG" in seen and "WMG" in seen
     assert swaps > 0
     unchanged = add_decoder_mistakes(traj, t, np.random.default_rng(0), 0.0, 0.0)

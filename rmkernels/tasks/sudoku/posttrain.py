@@ -45,11 +45,11 @@ VARIANTS = {  # name -> (history_steps, use decay, rotate)
 
 @dataclass
 class PostTrainConfig:
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 1e-3
     min_lr_ratio: float = 0.1
-    warmup: int = 100
+    warmup: int = 200
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
     wrong_fraction: float = 0.6

@@ -7,8 +7,9 @@ digits (swapped pairs, which break only one unit each) and, in general, wrong re
 that never saw them keeps them (measured: about two thirds of the failed validation boards end
 with swapped pairs). :class:`SudokuRMData` adds them to the synthetic trajectories:
 
-* **pairs**: with probability ``pair_prob`` a noisy cell is paired with a noisy peer (same row,
-  column or box); each shows the other's gold digit wherever it would show a wrong digit;
+* **pairs**: with probability ``pair_prob`` a noisy cell is paired with a noisy peer (same box and
+  line if there is one, the swaps that survive decoding; else same row, column or box); each
+  shows the other's gold digit wherever it would show a wrong digit;
 * **wrong reveals**: a masked cell whose gold reveal comes at frame ``r >= 3`` is first revealed
   wrong (its partner's gold digit, or with probability ``wrong_reveal_prob`` a random wrong digit
   when unpaired) on frames ``[r1, a)``, masked on ``[a, r)``, gold from ``r``
@@ -28,7 +29,9 @@ import torch
 from rmkernels.tasks.sudoku.grids import CELLS, CELL_UNITS, DIGITS, MASK_ID, VOCAB_SIZE
 
 KIND_WRONG, KIND_MASKED = 2, 1  # rmkernels.training.synth kinds
-PEERS = (CELL_UNITS[:, None, :, None] == CELL_UNITS[None, :, None, :]).any((2, 3)) & ~np.eye(CELLS, dtype=bool)
+_SHARED = (CELL_UNITS[:, None, :, None] == CELL_UNITS[None, :, None, :]).sum((2, 3)) * ~np.eye(CELLS, dtype=bool)
+PEERS = _SHARED > 0  # [81, 81] same row, column or box
+CLOSE_PEERS = _SHARED > 1  # [81, 81] same box and same row or column: a swap there breaks one unit only
 
 
 def add_decoder_mistakes(traj, gold: torch.Tensor, rng: np.random.Generator, pair_prob: float,
@@ -45,6 +48,8 @@ def add_decoder_mistakes(traj, gold: torch.Tensor, rng: np.random.Generator, pai
             if x in partner or rng.random() >= pair_prob:
                 continue
             free = [y for y in noisy if y != x and y not in partner and PEERS[x, y]]
+            close = [y for y in free if CLOSE_PEERS[x, y]]
+            free = close or free
             if free:
                 y = free[rng.integers(len(free))]
                 partner[x], partner[y] = y, x
@@ -95,4 +100,4 @@ class SudokuRMData:
         return make_batch(traj, gold, am, MASK_ID, self.config.history_steps)
 
 
-__all__ = ["PEERS", "SudokuRMData", "add_decoder_mistakes"]
+__all__ = ["CLOSE_PEERS", "PEERS", "SudokuRMData", "add_decoder_mistakes"]
