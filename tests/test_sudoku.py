@@ -162,6 +162,7 @@ def test_metrics_on_hand_made_trajectory():
     m = board_metrics(traj[-1], sol, steps=torch.tensor([4, 2]), trajectory=traj)
     assert m["exact_pct"] == 100.0 and m["valid_pct"] == 100.0 and m["conflicts_per_board"] == 0.0
     assert m["replay_pct"] == pytest.approx(100.0 * 1 / 3)  # 3 reveals, 1 replay
+    assert m["wrong_replay_pct"] == pytest.approx(100.0 * 1 / 3)  # the replay put a wrong digit back
     assert m["reveals_per_board"] == 1.5 and m["remasks_per_board"] == 1.5 and m["mean_steps"] == 3.0
 
     m0 = board_metrics(traj[0], sol)  # the start: one wrong cell per board
@@ -169,9 +170,14 @@ def test_metrics_on_hand_made_trajectory():
     assert m0["conflicts_per_board"] == float(conflict_cells(traj[0]).sum()) / 2 > 0
     m2 = board_metrics(traj[1], sol)  # masked cells: neither exact nor valid, no conflicts there
     assert m2["exact_pct"] == 0.0 and m2["valid_pct"] == 0.0 and m2["masked_per_board"] == 1.0
+    # a correct digit re-masked and revealed again is a replay, but not a wrong one
+    g = torch.stack([sol, sol, sol]).clone()
+    g[1, 1, 7] = MASK_ID
+    mc = board_metrics(g[-1], sol, trajectory=g)
+    assert mc["replay_pct"] == 100.0 and mc["wrong_replay_pct"] == 0.0 and mc["reveals_per_board"] == 0.5
     table = markdown_table({"start": m0, "final": m})
-    assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 0.000 | 3.00 |" in table
-    assert "| start | 0.0 | 0.0 | - |" in table
+    assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 33.33 | 0.000 | 3.00 |" in table
+    assert "| start | 0.0 | 0.0 | - | - |" in table
 
 
 def test_shipped_test_split_is_the_generated_one():

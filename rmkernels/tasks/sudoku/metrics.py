@@ -3,7 +3,9 @@
 * exact %: the final board equals the solution;
 * valid %: the final board is complete and breaks no row/column/box rule;
 * replay mistake %: reveals that put back, at a cell, a value earlier re-masked at that cell, as a
-  share of all reveals (:func:`rmkernels.decode.trajectory.replay_statistics`);
+  share of all reveals (:func:`rmkernels.decode.trajectory.replay_statistics`); this counts a
+  correct digit that was re-masked and revealed again, so ``wrong_replay_pct`` also gives the
+  share of reveals that repeat a withdrawn *wrong* digit;
 * conflict cells / board: filled cells whose digit repeats in their row, column or box;
 * mean steps: decoding steps until each board reached its fixed point (or the budget).
 """
@@ -18,9 +20,17 @@ COLUMNS = (
     ("exact_pct", "exact %", "{:.1f}"),
     ("valid_pct", "valid %", "{:.1f}"),
     ("replay_pct", "replay mistake %", "{:.2f}"),
+    ("wrong_replay_pct", "wrong-digit replay %", "{:.2f}"),
     ("conflicts_per_board", "conflict cells / board", "{:.3f}"),
     ("mean_steps", "mean steps", "{:.2f}"),
 )
+
+
+def _hide_correct(traj: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
+    """``traj [T + 1, N, 81]`` with each correct digit replaced by an id unique to its step
+    (``MASK_ID + 1 + t``), so replays of correct digits no longer match and only wrong ones count."""
+    steps = torch.arange(traj.shape[0], device=traj.device)[:, None, None]
+    return torch.where((traj == solution[None]) & (traj != MASK_ID), MASK_ID + 1 + steps, traj)
 
 
 def board_metrics(final, solution, steps=None, trajectory=None) -> dict:
@@ -41,12 +51,15 @@ def board_metrics(final, solution, steps=None, trajectory=None) -> dict:
         "masked_per_board": float((final == MASK_ID).sum()) / n,
         "mean_steps": None if steps is None else float(torch.as_tensor(steps).double().mean()),
         "replay_pct": None,
+        "wrong_replay_pct": None,
         "reveals_per_board": None,
         "remasks_per_board": None,
     }
     if trajectory is not None:
-        stats = replay_statistics(torch.as_tensor(trajectory), MASK_ID)
+        traj = torch.as_tensor(trajectory).long()
+        stats = replay_statistics(traj, MASK_ID)
         out["replay_pct"] = 100.0 * stats.replay_rate
+        out["wrong_replay_pct"] = 100.0 * replay_statistics(_hide_correct(traj, solution), MASK_ID).replay_rate
         out["reveals_per_board"] = float(stats.reveals.sum()) / n
         out["remasks_per_board"] = float(stats.remasks.sum()) / n
     return out
