@@ -50,6 +50,7 @@ def row_layout(logits: torch.Tensor):
 
 
 def pick_block(V: int) -> int:
-    # 4096 columns per tile: with 8 warps, 16 elements (two 16-byte bf16 loads) per thread and
-    # seven per-lane accumulators stay in registers
-    return max(16, min(triton.next_power_of_2(V), 4096))
+    """Columns per tile: 2048 with 8 warps is 8 elements (one 16-byte bf16 load) per thread; the
+    rm_stats kernel then needs ~57 registers (tools/triton_aot.py), so 4 blocks fit on an SM,
+    against ~126 registers and 1-2 blocks at 4096 columns."""
+    return max(16, min(triton.next_power_of_2(V), 2048))

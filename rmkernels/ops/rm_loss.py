@@ -128,7 +128,7 @@ def _launch_fwd(logits, labels, part, coef, block_v: int, write_grad: bool):
         coef = ce if coef is None else coef  # any float32 pointer: unread without WRITE_GRAD
         _rm_ce_fwd_kernel[(N,)](
             z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), coef, ce, lse,
-            V, L1, st0, st1, WRITE_GRAD=write_grad, BLOCK_V=block, num_warps=8 if block >= 4096 else 4,
+            V, L1, st0, st1, WRITE_GRAD=write_grad, BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
         )
     return ce, lse
 
@@ -157,7 +157,7 @@ def _rm_ce_bwd(
         _rm_ce_bwd_kernel[(N,)](
             z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse,
             grad_ce.float().contiguous(), dz, V, L1, st0, st1,
-            BLOCK_V=block, num_warps=8 if block >= 4096 else 4,
+            BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
         )
     return dz
 

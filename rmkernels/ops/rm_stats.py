@@ -69,68 +69,74 @@ class RMStats(NamedTuple):
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _score(z, cols, inv_temp, rkey, SAMPLE: tl.constexpr):
+    """The candidate score: the logit, or the Gumbel-perturbed logit / temperature."""
+    if SAMPLE:
+        return z * inv_temp + gumbel(rkey, cols)
+    return z
+
+
+@triton.jit
 def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Scan columns [col_start, col_end) of one row; returns lane-reduced partials."""
+    """Scan columns ``[col_start, col_end)`` of one row.
+
+    Per lane it keeps four accumulators: the online-softmax max and sum, and the best (highest
+    score, lowest id) column with the mask excluded. The argmax over the full vocabulary is derived
+    at the end from that and the mask's own score, and a NaN anywhere makes the sum NaN, so no
+    other state is needed (registers are what limits a streaming kernel's occupancy).
+    """
     NEG_INF: tl.constexpr = float("-inf")
     lanes = tl.arange(0, BLOCK_V)
     m_vec = tl.full([BLOCK_V], NEG_INF, tl.float32)
     s_vec = tl.zeros([BLOCK_V], tl.float32)
-    top_val = tl.full([BLOCK_V], NEG_INF, tl.float32)
-    top_idx = col_start + lanes
     best_val = tl.full([BLOCK_V], NEG_INF, tl.float32)
     best_idx = col_start + lanes
-    nan_vec = tl.zeros([BLOCK_V], tl.int32)
     for start in range(col_start, col_end, BLOCK_V):
         cols = start + lanes
         valid = cols < col_end
         z = tl.load(base + cols, mask=valid, other=NEG_INF).to(tl.float32)
-        nan_vec = nan_vec | (z != z).to(tl.int32)
-        # online softmax per lane with one exp per element: e = exp(-|z - m|) is the factor of
-        # whichever of the old sum and the new element is not the new max (-inf elements add 0)
-        e = tl.where(z > NEG_INF, tl.exp(-tl.abs(z - m_vec)), 0.0)
+        # online softmax with one exp per element: e = exp(-|z - m|) scales whichever of the old sum
+        # and the new element is not the new max; -inf elements add 0 and a NaN poisons the sum
+        e = tl.where(z == NEG_INF, 0.0, tl.exp(-tl.abs(z - m_vec)))
         gt = z > m_vec
         s_vec = tl.where(gt, s_vec * e + 1.0, s_vec + e)
         m_vec = tl.where(gt, z, m_vec)
-        if SAMPLE:
-            score = tl.where(valid, z * inv_temp + gumbel(rkey, cols), NEG_INF)
-        else:
-            score = z
-        up = score > top_val
-        top_val = tl.where(up, score, top_val)
-        top_idx = tl.where(up, cols, top_idx)
-        score_nm = tl.where(cols == mask_id, NEG_INF, score)
-        up = score_nm > best_val
-        best_val = tl.where(up, score_nm, best_val)
+        score = tl.where(valid & (cols != mask_id), _score(z, cols, inv_temp, rkey, SAMPLE), NEG_INF)
+        up = score > best_val  # strict: the first (lowest) id of a lane keeps a tie
+        best_val = tl.where(up, score, best_val)
         best_idx = tl.where(up, cols, best_idx)
-    return _merge_partials(m_vec, s_vec, top_val, top_idx, best_val, best_idx, nan_vec)
+    return _merge_partials(m_vec, s_vec, best_val, best_idx)
 
 
 @triton.jit
-def _merge_partials(m_p, s_p, top_val, top_idx, best_val, best_idx, nan_p):
-    """Merge partials (lanes of one tile, or slices of a row): online-softmax max / sum, and the
-    argmaxes with ties to the lowest id."""
+def _merge_partials(m_p, s_p, best_val, best_idx):
+    """Merge partials (the lanes of a slice, or the slices of a row): online-softmax max and sum,
+    and the best column with ties to the lowest id."""
     NEG_INF: tl.constexpr = float("-inf")
     m = tl.max(m_p, axis=0)
-    s = tl.sum(tl.where(m_p > NEG_INF, s_p * tl.exp(m_p - m), 0.0), axis=0)
-    tv = tl.max(top_val, axis=0)
-    ti = tl.min(tl.where(top_val == tv, top_idx, 2147483647), axis=0)
+    s = tl.sum(s_p * tl.where(m_p > NEG_INF, tl.exp(m_p - m), 0.0), axis=0)  # NaN partial sums survive
     bv = tl.max(best_val, axis=0)
     bi = tl.min(tl.where(best_val == bv, best_idx, 2147483647), axis=0)
-    return m, s, tv, ti, bv, bi, tl.max(nan_p, axis=0)
+    return m, s, bv, bi
 
 
 @triton.jit
-def _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
-              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr):
+def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
+              SAMPLE: tl.constexpr):
     NEG_INF: tl.constexpr = float("-inf")
     x = tl.load(x_ptr + row).to(tl.int64)
     x_ok = (x >= 0) & (x < V)
-    status = has_nan * 1 + (m == NEG_INF).to(tl.int32) * 2 + (x_ok == 0).to(tl.int32) * 4
+    status = (s != s).to(tl.int32) * 1 + (m == NEG_INF).to(tl.int32) * 2 + (x_ok == 0).to(tl.int32) * 4
     bad = status != 0
-    inv_s = 1.0 / s
-    z_top = tl.load(base + ti).to(tl.float32)
-    z_best = tl.load(base + bi).to(tl.float32)
     z_mask = tl.load(base + mask_id).to(tl.float32)
+    # the full-vocabulary candidate: the mask when its score beats the best other column (ties: lower id)
+    s_mask = _score(z_mask, mask_id, inv_temp, rkey, SAMPLE)
+    mask_wins = (s_mask > bv) | ((s_mask == bv) & (mask_id < bi))
+    ti = tl.where(mask_wins, mask_id, bi)
+    inv_s = 1.0 / s
+    z_best = tl.load(base + bi).to(tl.float32)
+    z_top = tl.where(mask_wins, z_mask, z_best)
     z_cur = tl.load(base + tl.where(x_ok, x, 0)).to(tl.float32)  # never out of bounds
     nan = float("nan")
     tl.store(top_id_ptr + row, tl.where(bad, -1, ti.to(tl.int64)))
@@ -152,9 +158,9 @@ def _rm_stats_fused_kernel(
     row = tl.program_id(0)
     base = row_base(z_ptr, row, L1, stride0, stride1)
     rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
-    m, s, tv, ti, bv, bi, has_nan = _scan_slice(base, 0, V, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
-    _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
-              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr)
+    m, s, bv, bi = _scan_slice(base, 0, V, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
+    _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr, SAMPLE)
 
 
 @triton.jit
@@ -169,42 +175,35 @@ def _rm_stats_partial_kernel(
     rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
     col_start = split * CHUNK
     col_end = tl.minimum(col_start + CHUNK, V)
-    m, s, tv, ti, bv, bi, has_nan = _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
-    pf = part_f_ptr + (row.to(tl.int64) * S + split) * 4  # [N, S, 4] float32: m, s, top_val, best_val
-    tl.store(pf + 0, m)
-    tl.store(pf + 1, s)
-    tl.store(pf + 2, tv)
-    tl.store(pf + 3, bv)
-    pi = part_i_ptr + (row.to(tl.int64) * S + split) * 3  # [N, S, 3] int32: top_idx, best_idx, nan
-    tl.store(pi + 0, ti)
-    tl.store(pi + 1, bi)
-    tl.store(pi + 2, has_nan)
+    m, s, bv, bi = _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE, BLOCK_V)
+    slot = row.to(tl.int64) * S + split
+    tl.store(part_f_ptr + slot * 3 + 0, m)  # [N, S, 3] float32: max, sum, best score
+    tl.store(part_f_ptr + slot * 3 + 1, s)
+    tl.store(part_f_ptr + slot * 3 + 2, bv)
+    tl.store(part_i_ptr + slot, bi)  # [N, S] int32: best id
 
 
 @triton.jit
 def _rm_stats_reduce_kernel(
-    z_ptr, x_ptr, part_f_ptr, part_i_ptr,
+    z_ptr, x_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
-    V, L1, stride0, stride1, mask_id, S,
-    BLOCK_S: tl.constexpr,
+    V, L1, stride0, stride1, mask_id, inv_temp, seed_key, S,
+    SAMPLE: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     NEG_INF: tl.constexpr = float("-inf")
     row = tl.program_id(0)
     base = row_base(z_ptr, row, L1, stride0, stride1)
+    rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + row)) if SAMPLE else 0
     sp = tl.arange(0, BLOCK_S)
     ok = sp < S
-    pf = part_f_ptr + (row.to(tl.int64) * S + sp) * 4
-    pi = part_i_ptr + (row.to(tl.int64) * S + sp) * 3
-    m_s = tl.load(pf + 0, mask=ok, other=NEG_INF)
-    s_s = tl.load(pf + 1, mask=ok, other=0.0)
-    tv_s = tl.load(pf + 2, mask=ok, other=NEG_INF)
-    bv_s = tl.load(pf + 3, mask=ok, other=NEG_INF)
-    ti_s = tl.load(pi + 0, mask=ok, other=2147483647)
-    bi_s = tl.load(pi + 1, mask=ok, other=2147483647)
-    nan_s = tl.load(pi + 2, mask=ok, other=0)
-    m, s, tv, ti, bv, bi, has_nan = _merge_partials(m_s, s_s, tv_s, ti_s, bv_s, bi_s, nan_s)
-    _finalize(base, x_ptr, row, V, mask_id, m, s, ti, bi, has_nan,
-              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr)
+    slot = row.to(tl.int64) * S + sp
+    m_s = tl.load(part_f_ptr + slot * 3 + 0, mask=ok, other=NEG_INF)
+    s_s = tl.load(part_f_ptr + slot * 3 + 1, mask=ok, other=0.0)
+    bv_s = tl.load(part_f_ptr + slot * 3 + 2, mask=ok, other=NEG_INF)
+    bi_s = tl.load(part_i_ptr + slot, mask=ok, other=2147483647)
+    m, s, bv, bi = _merge_partials(m_s, s_s, bv_s, bi_s)
+    _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
+              top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr, SAMPLE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,15 +268,15 @@ def _rm_stats_triton(
     else:
         chunk = triton.cdiv(triton.cdiv(V, S), block) * block
         S = triton.cdiv(V, chunk)
-        part_f = torch.empty((N, S, 4), dtype=torch.float32, device=device)
-        part_i = torch.empty((N, S, 3), dtype=torch.int32, device=device)
+        part_f = torch.empty((N, S, 3), dtype=torch.float32, device=device)
+        part_i = torch.empty((N, S), dtype=torch.int32, device=device)
         _rm_stats_partial_kernel[(N, S)](
             z, counters, part_f, part_i, V, L1, st0, st1, mask_id, inv_temp, seed_key, chunk, S,
             SAMPLE=sample, BLOCK_V=block, num_warps=nw,
         )
         _rm_stats_reduce_kernel[(N,)](
-            z, x, part_f, part_i, *outs, V, L1, st0, st1, mask_id, S,
-            BLOCK_S=max(16, triton.next_power_of_2(S)), num_warps=1,
+            z, x, counters, part_f, part_i, *outs, V, L1, st0, st1, mask_id, inv_temp, seed_key, S,
+            SAMPLE=sample, BLOCK_S=max(16, triton.next_power_of_2(S)), num_warps=1,
         )
     return outs
 
