@@ -140,3 +140,36 @@ def test_shipped_full_model_beats_both_baselines_on_100_boards():
     _, norm, meta = load_checkpoint(checkpoint_path("full"))
     assert norm is not None and meta["variant"] == "full" and meta["decode"]["history_rotate"]
     assert os.path.dirname(checkpoint_path("full")) == CHECKPOINT_DIR
+
+
+def test_decoder_history_matches_the_training_history(tiny_dir):
+    """The history a decoding step sees equals what the trainer builds (make_batch) from the same
+    frames, so the History Reference variants are trained on the inputs they decode with."""
+    from rmkernels.decode.canvas import build_canvas
+    from rmkernels.decode.fast import FastDecoder
+    from rmkernels.decode.model import as_rm_model
+    from rmkernels.training.synth import SynthTrajectory, make_batch
+
+    from rmkernels.history import HistoryNorm
+    from rmkernels.models import TinyMDM
+
+    torch.manual_seed(0)
+    model, norm = TinyMDM(vocab_size=10, max_len=81, **TINY).eval(), HistoryNorm(16)
+    with torch.no_grad():  # large random logits: the decoder keeps re-masking and revealing
+        model.head.weight.normal_(0.0, 3.0)
+    _, _, meta = load_checkpoint(checkpoint_path("full", tiny_dir))
+    corrupted, solution = make_boards("val", 9, seed=3)
+    cfg = decode_config(meta, steps=8)
+    dec = FastDecoder(as_rm_model(model, norm), build_canvas(torch.from_numpy(corrupted), MASK_ID, cfg, max_length=81),
+                      cfg, MASK_ID, 0, REF)
+    frames, B = [dec.x.clone()], corrupted.shape[0]
+    for t in range(6):
+        traj = SynthTrajectory(torch.stack(frames, 1), None, None, None, None, torch.full((B,), t))
+        batch = make_batch(traj, torch.from_numpy(solution), torch.ones(B, 81, dtype=torch.bool), MASK_ID, 6)
+        assert torch.equal(batch.input_ids, dec.x) and torch.equal(batch.history_len, dec.history.lengths)
+        for b in range(B):
+            n = int(batch.history_len[b])
+            assert torch.equal(batch.history_ids[b, :n], dec.history.ids[b, :n])
+        dec.step()
+        frames.append(dec.x.clone())
+    assert int(dec.history.lengths.max()) == 6 and int(dec.history.lengths.min()) == 0  # rows with and without history
