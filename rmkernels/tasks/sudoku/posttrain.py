@@ -13,8 +13,9 @@ of mistakes (swapped pairs, wrong reveals: :mod:`rmkernels.tasks.sudoku.synth`).
 | ``rm_hist_decay`` | 6 states | ``decay`` | no |
 | ``full`` | 6 states | ``decay`` | yes |
 
-The HER LayerNorm's gain starts at the RMS of the token embeddings (not 1): its output is added
-to embeddings of that scale, and a unit-scale residual would swamp the pretrained model's input.
+The HER LayerNorm's gain starts at ``her_gain``: ``0`` (the history variants start as the RM model
+and learn how much history to add), or ``"rms"``, the RMS of the token embeddings the residual is
+added to. Never 1: a unit-scale residual swamps the pretrained model's input.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class PostTrainConfig:
     ckpt_every: int = 500
     val_boards: int = 256
     kernels: str = "auto"  # impl of the loss and history_embed ops
+    her_gain: str = "rms"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -73,6 +75,16 @@ def variant_settings(variant: str, decay: float) -> dict:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     steps, use_decay, rotate = VARIANTS[variant]
     return {"history_steps": steps, "history_decay": float(decay) if use_decay else 0.0, "history_rotate": rotate}
+
+
+def her_gain(spec: str, model) -> float:
+    """Initial HER gain: ``"rms"`` = the RMS of the token embeddings the residual is added to."""
+    if spec == "rms":
+        return float(model.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
+    try:
+        return float(spec)
+    except ValueError:
+        raise ValueError(f"her_gain must be 'rms' or a number, got {spec!r}") from None
 
 
 @torch.no_grad()
@@ -116,9 +128,9 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         p.requires_grad_(True)
     H = settings["history_steps"]
     norm = HistoryNorm(model.config.dim) if H else None
-    if norm is not None:  # start the HER residual at the scale of the token embeddings it is added to
+    if norm is not None:
         with torch.no_grad():
-            norm.weight.fill_(float(model.get_input_embeddings().weight.pow(2).mean().sqrt()))
+            norm.weight.fill_(her_gain(cfg.her_gain, model))
     rng = split_rng("train", cfg.data_seed)
     targets = torch.from_numpy(sample_grids(seed_grids(cfg.pool_size, rng), cfg.targets, rng))  # [N, 81]
     synth = SynthConfig(corruption_rate=None, corruption_count=(4, 20), wrong_fraction=cfg.wrong_fraction,
