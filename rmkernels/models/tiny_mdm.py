@@ -4,9 +4,15 @@ Interface shared with every model the decoder and trainer take:
 ``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]`` and
 ``model.get_input_embeddings() -> nn.Embedding``. ``inputs_embeds`` are token embeddings only:
 positional embeddings are added inside, so History Reference residuals sit on the token embedding.
+
+``grid=n`` (e.g. 9 for Sudoku; ``max_len`` must be ``n * n``) swaps the free positional table for the
+board's structure: position ``(r, c)`` is ``row[r] + col[c] + box[b]`` (``b`` the ``sqrt(n)`` box),
+and each attention head adds a learned bias per relation of the two cells (same cell, same row,
+same column, same box, none). Both are ordinary parameters; nothing about the rules is hard-coded.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +29,7 @@ class TinyMDMConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    grid: int = 0  # 0: a plain sequence; n: an n x n board (positions factorised, relation bias)
 
     def to_dict(self):
         return asdict(self)
@@ -41,7 +48,7 @@ class _Block(nn.Module):
         )
         self.dropout = cfg.dropout
 
-    def forward(self, h: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:  # bias [B|1, h|1, L, L]
         B, L, D = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
@@ -58,12 +65,28 @@ class TinyMDM(nn.Module):
             raise ValueError(f"dim={cfg.dim} must be divisible by heads={cfg.heads}")
         self.config = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = nn.Parameter(torch.zeros(cfg.max_len, cfg.dim))
+        if cfg.grid:
+            n, box = cfg.grid, math.isqrt(cfg.grid)
+            if n * n != cfg.max_len or box * box != n:
+                raise ValueError(f"grid={n} needs max_len == grid**2 and a square grid, got max_len={cfg.max_len}")
+            r, c = torch.arange(n * n) // n, torch.arange(n * n) % n
+            b = (r // box) * box + c // box
+            self.register_buffer("_rcb", torch.stack([r, c, b]), persistent=False)  # [3, L]
+            same = [(k[:, None] == k[None, :]) for k in (r, c, b)]  # [L, L] each
+            rel = torch.full((n * n, n * n), 4)  # 4: unrelated, 3: same box, 2: same column, 1: same row
+            rel[same[2]], rel[same[1]], rel[same[0]] = 3, 2, 1
+            rel.fill_diagonal_(0)  # 0: the cell itself
+            self.register_buffer("_rel", rel, persistent=False)  # [L, L] relation of cell pair
+            self.pos_rcb = nn.Parameter(torch.zeros(3, n, cfg.dim))
+            self.rel_bias = nn.Parameter(torch.zeros(cfg.depth, cfg.heads, 5))
+            nn.init.normal_(self.pos_rcb, std=0.02)
+        else:
+            self.pos = nn.Parameter(torch.zeros(cfg.max_len, cfg.dim))
+            nn.init.normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
         nn.init.normal_(self.tok.weight, std=0.02)
-        nn.init.normal_(self.pos, std=0.02)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.tok
@@ -75,11 +98,20 @@ class TinyMDM(nn.Module):
         L = h.shape[1]
         if L > self.config.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.config.max_len}")
-        h = h + self.pos[:L].to(h.dtype)
         bias = None
         if attention_mask is not None:  # [B, L] 1 = attend; keys only (bidirectional)
             bias = torch.zeros(attention_mask.shape, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~attention_mask.bool(), float("-inf"))[:, None, None, :]
-        for blk in self.blocks:
-            h = blk(h, bias)
+        if self.config.grid:
+            if L != self.config.max_len:
+                raise ValueError(f"a grid={self.config.grid} model takes exactly {self.config.max_len} positions, got {L}")
+            pos = self.pos_rcb[0][self._rcb[0]] + self.pos_rcb[1][self._rcb[1]] + self.pos_rcb[2][self._rcb[2]]  # [L, D]
+            h = h + pos.to(h.dtype)
+            rel = self.rel_bias[:, :, self._rel].to(h.dtype)  # [depth, heads, L, L]
+            biases = [rel[i][None] if bias is None else rel[i][None] + bias for i in range(len(self.blocks))]
+        else:
+            h = h + self.pos[:L].to(h.dtype)
+            biases = [bias] * len(self.blocks)
+        for blk, b in zip(self.blocks, biases):
+            h = blk(h, b)
         return self.head(self.norm(h))  # [B, L, V]

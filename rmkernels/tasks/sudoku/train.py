@@ -49,6 +49,7 @@ class PretrainConfig:
     dim: int = 128
     depth: int = 4
     heads: int = 4
+    grid: int = 9  # board-structured positions + relation bias (TinyMDMConfig.grid); 0: free positions
     eval_every: int = 500
     ckpt_every: int = 500
     val_boards: int = 512
@@ -110,7 +111,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True) 
     """Pretrain the base MDM; writes ``out_dir/model.safetensors`` (+ .json), ``state.pt`` and ``metrics.jsonl``."""
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = TinyMDM(TinyMDMConfig(vocab_size=VOCAB_SIZE, max_len=CELLS, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads))
+    model = TinyMDM(TinyMDMConfig(vocab_size=VOCAB_SIZE, max_len=CELLS, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                                grid=cfg.grid))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     state_path, start = os.path.join(out_dir, "state.pt"), 0
     if resume and os.path.exists(state_path):
