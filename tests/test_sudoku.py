@@ -176,7 +176,7 @@ def test_metrics_on_hand_made_trajectory():
     mc = board_metrics(g[-1], sol, trajectory=g)
     assert mc["replay_pct"] == 100.0 and mc["wrong_replay_pct"] == 0.0 and mc["reveals_per_board"] == 0.5
     table = markdown_table({"start": m0, "final": m})
-    assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 33.33 | 0.000 | 3.00 |" in table
+    assert table.count("\n") == 3 and "| final | 100.0 | 100.0 | 33.33 | 33.33 | 0.000 | 3.00 | - |" in table
     assert "| start | 0.0 | 0.0 | - | - |" in table
 
 
@@ -199,3 +199,33 @@ def test_cli_make_boards(tmp_path):
     c, s = read_boards(str(out))
     c2, s2 = make_boards("val", 7, seed=3)
     assert (c == c2).all() and (s == s2).all()
+
+
+def test_other_grid_metrics_on_a_swapped_rectangle():
+    """A final grid with a deadly rectangle swapped (two rows of a band, two columns of different
+    stacks holding digits a b / b a) is valid but not the solution; it is 'no farther' when the
+    input differs from it in no more cells than from the solution."""
+    rng = np.random.default_rng(5)
+    found = []
+    while not found:
+        sol = torch.from_numpy(sample_grids(seed_grids(1, rng), 1, rng))[0]
+        g = sol.view(9, 9)
+        found = [(c1, c2) for c1 in range(9) for c2 in range(c1 + 1, 9)
+                 if c1 // 3 != c2 // 3 and g[0, c1] == g[1, c2] and g[0, c2] == g[1, c1]]
+    c1, c2 = found[0]
+    other = g.clone()
+    other[0, [c1, c2]], other[1, [c1, c2]] = g[0, [c2, c1]], g[1, [c2, c1]]
+    other = other.reshape(81)
+    assert bool(is_valid(other[None])[0]) and (other != sol).sum() == 4
+    inputs = torch.stack([sol, sol, sol])  # [3, 81]
+    inputs[0, c1] = other[c1]  # shows 1 cell of the other grid and one unrelated wrong digit:
+    inputs[0, 40] = (sol[40] + 1) % 9  # 4 changes to reach the other grid, 2 to the solution
+    inputs[1, c1], inputs[1, c2] = other[c1], other[c2]  # 2 changes either way: no farther
+    final = torch.stack([other, other, sol])  # board 2 is exact
+    m = board_metrics(final, torch.stack([sol, sol, sol]), inputs=inputs)
+    assert m["other_grid_pct"] == pytest.approx(200 / 3)
+    assert m["other_grid_no_farther_pct"] == pytest.approx(100 / 3)
+    assert m["valid_pct"] == 100.0 and m["exact_pct"] == pytest.approx(100 / 3)
+    assert board_metrics(final, final)["other_grid_pct"] is None
+    with pytest.raises(ValueError, match="inputs"):
+        board_metrics(final, torch.stack([sol, sol, sol]), inputs=inputs[:2])

@@ -95,7 +95,7 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
     boards = torch.as_tensor(corrupted).long()
     t0 = time.perf_counter()
     final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels)
-    metrics = board_metrics(final, solution, n_steps, traj)
+    metrics = board_metrics(final, solution, n_steps, traj, inputs=boards)
     metrics.update(seconds=round(time.perf_counter() - t0, 2), sampler=sampler, checkpoint=meta.get("variant", "base"))
     if sampler == "confidence_remask":
         metrics["remask_threshold"] = remask_threshold

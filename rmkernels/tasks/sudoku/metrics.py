@@ -7,7 +7,12 @@
   correct digit that was re-masked and revealed again, so ``wrong_replay_pct`` also gives the
   share of reveals that repeat a withdrawn *wrong* digit;
 * conflict cells / board: filled cells whose digit repeats in their row, column or box;
-* mean steps: decoding steps until each board reached its fixed point (or the budget).
+* mean steps: decoding steps until each board reached its fixed point (or the budget);
+* with the input boards: ``other_grid_pct``, final boards that are valid grids other than the
+  solution, and ``other_grid_no_farther_pct``, those among them that differ from the input board in
+  no more cells than the solution does. A corrupted board does not always determine its solution:
+  such a final grid explains the input at least as well as the solution, so no reviser can be
+  expected to pick the solution there (a lower bound on the board set's ambiguity).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ COLUMNS = (
     ("wrong_replay_pct", "wrong-digit replay %", "{:.2f}"),
     ("conflicts_per_board", "conflict cells / board", "{:.3f}"),
     ("mean_steps", "mean steps", "{:.2f}"),
+    ("other_grid_no_farther_pct", "other grid, no farther %", "{:.1f}"),
 )
 
 
@@ -33,11 +39,12 @@ def _hide_correct(traj: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
     return torch.where((traj == solution[None]) & (traj != MASK_ID), MASK_ID + 1 + steps, traj)
 
 
-def board_metrics(final, solution, steps=None, trajectory=None) -> dict:
+def board_metrics(final, solution, steps=None, trajectory=None, inputs=None) -> dict:
     """Metrics of final boards ``[N, 81]`` against solutions ``[N, 81]`` (token ids).
 
     ``steps [N]`` gives ``mean_steps``; ``trajectory [T + 1, N, 81]`` gives the replay statistics
-    (``replay_pct``, ``reveals`` and ``remasks`` per board). Missing inputs give ``None`` entries.
+    (``replay_pct``, ``reveals`` and ``remasks`` per board); ``inputs [N, 81]`` (the corrupted
+    boards) gives the other-grid shares. Missing inputs give ``None`` entries.
     """
     final, solution = torch.as_tensor(final).long(), torch.as_tensor(solution).long()
     if final.shape != solution.shape:
@@ -54,7 +61,17 @@ def board_metrics(final, solution, steps=None, trajectory=None) -> dict:
         "wrong_replay_pct": None,
         "reveals_per_board": None,
         "remasks_per_board": None,
+        "other_grid_pct": None,
+        "other_grid_no_farther_pct": None,
     }
+    if inputs is not None:
+        inputs = torch.as_tensor(inputs).long()
+        if inputs.shape != final.shape:
+            raise ValueError(f"inputs {tuple(inputs.shape)} must have the shape of final {tuple(final.shape)}")
+        other = is_valid(final) & (final != solution).any(1)  # [N]
+        no_farther = (final != inputs).sum(1) <= (solution != inputs).sum(1)
+        out["other_grid_pct"] = 100.0 * float(other.sum()) / n
+        out["other_grid_no_farther_pct"] = 100.0 * float((other & no_farther).sum()) / n
     if trajectory is not None:
         traj = torch.as_tensor(trajectory).long()
         stats = replay_statistics(traj, MASK_ID)
