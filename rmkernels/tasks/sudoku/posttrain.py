@@ -53,7 +53,7 @@ class PostTrainConfig:
     warmup: int = 200
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
-    wrong_fraction: float = 0.6
+    wrong_fraction: float = 0.9  # eval boards start all-wrong (up to 20 wrong digits): mostly wrong noise, some masked
     pair_prob: float = 0.5  # decoder-mistake synthesis (rmkernels.tasks.sudoku.synth); 0 and 0 = SPEC §4 only
     wrong_reveal_prob: float = 0.5
     topk: int = 8
@@ -62,11 +62,11 @@ class PostTrainConfig:
     data_seed: int = DEFAULT_SEED
     pool_size: int = 4096
     targets: int = 65536  # solution grids the synthesis draws from (fresh corruption every step)
-    eval_every: int = 500
+    eval_every: int = 1000
     ckpt_every: int = 500
     val_boards: int = 256
     kernels: str = "auto"  # impl of the loss and history_embed ops
-    her_gain: str = "rms"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
+    her_gain: str = "0"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
 
 
 def variant_settings(variant: str, decay: float) -> dict:

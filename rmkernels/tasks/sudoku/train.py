@@ -37,7 +37,7 @@ from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrai
 class PretrainConfig:
     steps: int = 6000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 300
     weight_decay: float = 0.01
