@@ -106,10 +106,11 @@ class TinyMDM(nn.Module):
         if self.config.grid:
             if L != self.config.max_len:
                 raise ValueError(f"a grid={self.config.grid} model takes exactly {self.config.max_len} positions, got {L}")
-            pos = self.pos_rcb[0][self._rcb[0]] + self.pos_rcb[1][self._rcb[1]] + self.pos_rcb[2][self._rcb[2]]  # [L, D]
+            pos = self.pos_rcb[torch.arange(3, device=h.device)[:, None], self._rcb].sum(0)  # [L, D]
             h = h + pos.to(h.dtype)
-            rel = self.rel_bias[:, :, self._rel].to(h.dtype)  # [depth, heads, L, L]
-            biases = [rel[i][None] if bias is None else rel[i][None] + bias for i in range(len(self.blocks))]
+            biases = self.rel_bias[:, :, self._rel].to(h.dtype)[:, None]  # [depth, 1, heads, L, L]
+            if bias is not None:
+                biases = biases + bias  # [depth, B, heads, L, L]
         else:
             h = h + self.pos[:L].to(h.dtype)
             biases = [bias] * len(self.blocks)

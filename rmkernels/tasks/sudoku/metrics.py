@@ -50,10 +50,11 @@ def board_metrics(final, solution, steps=None, trajectory=None, inputs=None) -> 
     if final.shape != solution.shape:
         raise ValueError(f"final {tuple(final.shape)} and solution {tuple(solution.shape)} must have the same shape")
     n = max(final.shape[0], 1)
+    exact, valid = (final == solution).all(1), is_valid(final)  # [N] each
     out = {
         "boards": final.shape[0],
-        "exact_pct": 100.0 * float((final == solution).all(1).sum()) / n,
-        "valid_pct": 100.0 * float(is_valid(final).sum()) / n,
+        "exact_pct": 100.0 * float(exact.sum()) / n,
+        "valid_pct": 100.0 * float(valid.sum()) / n,
         "conflicts_per_board": float(conflict_cells(final).sum()) / n,
         "masked_per_board": float((final == MASK_ID).sum()) / n,
         "mean_steps": None if steps is None else float(torch.as_tensor(steps).double().mean()),
@@ -68,7 +69,7 @@ def board_metrics(final, solution, steps=None, trajectory=None, inputs=None) -> 
         inputs = torch.as_tensor(inputs).long()
         if inputs.shape != final.shape:
             raise ValueError(f"inputs {tuple(inputs.shape)} must have the shape of final {tuple(final.shape)}")
-        other = is_valid(final) & (final != solution).any(1)  # [N]
+        other = valid & ~exact  # [N]
         no_farther = (final != inputs).sum(1) <= (solution != inputs).sum(1)
         out["other_grid_pct"] = 100.0 * float(other.sum()) / n
         out["other_grid_no_farther_pct"] = 100.0 * float((other & no_farther).sum()) / n
