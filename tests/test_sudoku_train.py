@@ -1,5 +1,6 @@
 """Sudoku training: checkpoints, the MDM objective, deterministic resume, RM post-training smoke runs."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -106,3 +107,36 @@ def test_posttrain_smoke(tmp_path):
     assert no_norm is None and meta_rm["decode"]["history_steps"] == 0
     with pytest.raises(ValueError, match="variant"):
         variant_settings("rm_full", 0.5)
+
+
+def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
+    """``init`` continues a variant's checkpoint (model and HER norm), ``keep_weight`` reaches the loss."""
+    pytest.importorskip("rmkernels.training.trainer")
+    import rmkernels.training as training
+    from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain
+
+    base = pretrain(_cfg(2), str(tmp_path / "base"), log=lambda s: None)
+    cfg = PostTrainConfig(steps=2, batch_size=8, warmup=1, pool_size=4, targets=32, val_boards=8, eval_every=2,
+                          ckpt_every=2, kernels="reference", her_gain="0.5")
+    first = posttrain("full", base, str(tmp_path / "full"), cfg, log=lambda s: None)
+    seen = []
+
+    class Recording(training.Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self.config.loss_weights)
+
+    monkeypatch.setattr(training, "Trainer", Recording)
+    frozen = replace(cfg, init=first, keep_weight=8.0, lr=1e-12, warmup=0)  # ~no update: the result is the init
+    second = posttrain("full", base, str(tmp_path / "full2"), frozen, log=lambda s: None)
+    assert seen == [(1.0, 1.0, 8.0)]
+    m1, n1, _ = load_checkpoint(first)
+    m2, n2, meta = load_checkpoint(second)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-9), k
+    assert torch.allclose(n1.weight, n2.weight, rtol=0, atol=1e-9) and torch.allclose(n1.bias, n2.bias, rtol=0, atol=1e-9)
+    assert not torch.allclose(n1.weight, torch.full_like(n1.weight, 0.5))  # the first stage trained it
+    assert meta["config"]["init"] == first and meta["config"]["keep_weight"] == 8.0
+    rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
+    with pytest.raises(ValueError, match="init"):
+        posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)

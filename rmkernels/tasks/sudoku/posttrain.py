@@ -67,6 +67,8 @@ class PostTrainConfig:
     val_boards: int = 256
     kernels: str = "auto"  # impl of the loss and history_embed ops
     her_gain: str = "0"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
+    keep_weight: float = 1.0  # w_keep of the loss (SPEC §4); > 1 re-masks only cells more likely wrong than w/(1+w)
+    init: str = ""  # start from this checkpoint of the same variant (model + HER norm) instead of the base
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -123,14 +125,19 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     for p in base.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    model = copy.deepcopy(base)
+    H = settings["history_steps"]
+    if cfg.init:
+        model, norm, init_meta = load_checkpoint(cfg.init)
+        if init_meta.get("variant") != variant or (norm is not None) != bool(H):
+            raise ValueError(f"init {cfg.init!r} is a checkpoint of variant {init_meta.get('variant')!r}, not {variant!r}")
+    else:
+        model = copy.deepcopy(base)
+        norm = HistoryNorm(model.config.dim) if H else None
+        if norm is not None:
+            with torch.no_grad():
+                norm.weight.fill_(her_gain(cfg.her_gain, model))
     for p in model.parameters():
         p.requires_grad_(True)
-    H = settings["history_steps"]
-    norm = HistoryNorm(model.config.dim) if H else None
-    if norm is not None:
-        with torch.no_grad():
-            norm.weight.fill_(her_gain(cfg.her_gain, model))
     rng = split_rng("train", cfg.data_seed)
     targets = torch.from_numpy(sample_grids(seed_grids(cfg.pool_size, rng), cfg.targets, rng))  # [N, 81]
     synth = SynthConfig(corruption_rate=None, corruption_count=(4, 20), wrong_fraction=cfg.wrong_fraction,
@@ -161,7 +168,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
                        history_steps=H, history_decay=settings["history_decay"],
                        history_rotate=settings["history_rotate"], log_every=0, eval_every=cfg.eval_every,
                        ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
-                       progress=False, loss_impl=cfg.kernels, history_impl=cfg.kernels)
+                       progress=False, loss_impl=cfg.kernels, history_impl=cfg.kernels,
+                       loss_weights=(1.0, 1.0, cfg.keep_weight))
     trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
     trainer.fit(resume=True)
     meta = {
