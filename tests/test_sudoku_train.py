@@ -137,6 +137,7 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
     assert torch.allclose(n1.weight, n2.weight, rtol=0, atol=1e-9) and torch.allclose(n1.bias, n2.bias, rtol=0, atol=1e-9)
     assert not torch.allclose(n1.weight, torch.full_like(n1.weight, 0.5))  # the first stage trained it
     assert meta["config"]["init"] == first and meta["config"]["keep_weight"] == 8.0
+    assert meta["init"]["steps"] == 2 and meta["init"]["config"]["keep_weight"] == 1.0
     rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
     with pytest.raises(ValueError, match="init"):
         posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)

@@ -126,6 +126,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     H = settings["history_steps"]
+    init_meta = None
     if cfg.init:
         model, norm, init_meta = load_checkpoint(cfg.init)
         if init_meta.get("variant") != variant or (norm is not None) != bool(H):
@@ -178,6 +179,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
                                             "wall_s": base_meta.get("wall_s"), "command": base_meta.get("command")},
         "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1), "steps": trainer.step,
     }
+    if init_meta is not None:  # the stage this one continues (and, recursively, its own first stage)
+        meta["init"] = {k: init_meta.get(k) for k in ("config", "command", "wall_s", "steps", "init") if k in init_meta}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
 
 
