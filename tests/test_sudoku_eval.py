@@ -136,9 +136,10 @@ def test_shipped_full_model_beats_both_baselines_on_100_boards():
     for name in ("base_no_remask", "base_conf_remask"):
         assert full["exact_pct"] > res[name]["exact_pct"] + 20
         assert full["conflicts_per_board"] < res[name]["conflicts_per_board"]
-    # measured on these 100 boards: exact 92, conflicts 0.08, replay 1.26 %, wrong-digit replay 0.47 %
-    assert full["exact_pct"] >= 85 and full["conflicts_per_board"] < 0.3
-    assert full["replay_pct"] < 3.0 and full["wrong_replay_pct"] < 1.0
+    # measured on these 100 boards: exact 90, conflicts 0.22, replay 0.08 % (1 of 1238 reveals), wrong-digit
+    # replay 0 (the first-stage model, before the keep-weighted second stage: replay 1.26 %)
+    assert full["exact_pct"] >= 85 and full["conflicts_per_board"] < 0.5
+    assert full["replay_pct"] < 0.5 and full["wrong_replay_pct"] < 0.3
     _, norm, meta = load_checkpoint(checkpoint_path("full"))
     assert norm is not None and meta["variant"] == "full" and meta["decode"]["history_rotate"]
     assert os.path.dirname(checkpoint_path("full")) == CHECKPOINT_DIR
