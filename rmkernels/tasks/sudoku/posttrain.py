@@ -69,6 +69,8 @@ class PostTrainConfig:
     her_gain: str = "0"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
     keep_weight: float = 1.0  # w_keep of the loss (SPEC §4); > 1 re-masks only cells more likely wrong than w/(1+w)
     init: str = ""  # start from this checkpoint of the same variant (model + HER norm) instead of the base
+    onpolicy_boards: int = 0  # decode this many train-split boards with the init model; mix in its failed states
+    onpolicy_rows: int = 16  # rows of each batch that are such states (rmkernels.tasks.sudoku.onpolicy)
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -148,6 +150,19 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     proposer = base if cfg.topk < DIGITS - 1 else None
     data = SudokuRMData(targets, synth, base_model=proposer, seed=cfg.seed, pair_prob=cfg.pair_prob,
                         wrong_reveal_prob=cfg.wrong_reveal_prob)
+    onpolicy = None
+    if cfg.onpolicy_boards > 0:
+        from rmkernels.tasks.sudoku.onpolicy import OnPolicyMix, collect_states
+
+        if not cfg.init:
+            raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
+        t_c = time.time()
+        oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
+        frames, current, gold, failed = collect_states(model, norm, settings, oc, os_, cfg.kernels)
+        data = OnPolicyMix(data, frames, current, gold, cfg.onpolicy_rows, seed=cfg.seed)
+        onpolicy = {"boards": cfg.onpolicy_boards, "failed": failed, "states": int(current.numel()),
+                    "seconds": round(time.time() - t_c, 1)}
+        log(json.dumps({"onpolicy": onpolicy}))
     val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
@@ -179,6 +194,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
                                             "wall_s": base_meta.get("wall_s"), "command": base_meta.get("command")},
         "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1), "steps": trainer.step,
     }
+    if onpolicy is not None:
+        meta["onpolicy"] = onpolicy
     if init_meta is not None:  # the stage this one continues (and, recursively, its own first stage)
         meta["init"] = {k: init_meta.get(k) for k in ("config", "command", "wall_s", "steps", "init") if k in init_meta}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
