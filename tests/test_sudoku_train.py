@@ -141,3 +141,17 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
     rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
     with pytest.raises(ValueError, match="init"):
         posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)
+
+
+def test_posttrain_rejects_bad_second_stage_settings(tmp_path):
+    pytest.importorskip("rmkernels.training.trainer")
+    from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain
+
+    base = pretrain(_cfg(1), str(tmp_path / "base"), log=lambda s: None)
+    cfg = PostTrainConfig(steps=1, batch_size=8, pool_size=4, targets=16, val_boards=8, kernels="reference")
+    cases = ((dict(keep_weight=0.0), "keep_weight"), (dict(keep_weight=float("nan")), "keep_weight"),
+             (dict(onpolicy_boards=-1), "onpolicy_boards"), (dict(onpolicy_boards=4, onpolicy_rows=8), "onpolicy_rows"),
+             (dict(onpolicy_boards=4, onpolicy_rows=2), "needs init"))
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            posttrain("rm", base, str(tmp_path / "out"), replace(cfg, **bad), log=lambda s: None)

@@ -13,6 +13,12 @@ of mistakes (swapped pairs, wrong reveals: :mod:`rmkernels.tasks.sudoku.synth`).
 | ``rm_hist_decay`` | 6 states | ``decay`` | no |
 | ``full`` | 6 states | ``decay`` | yes |
 
+The shipped variants are trained in two stages: ``keep_weight`` 1 from the base, then ``init`` =
+that checkpoint with ``keep_weight`` 8 (``w_keep`` of SPEC §4: the model then re-masks a digit only
+when it is more than 8/9 sure it is wrong, which cuts replays of correct digits 25x). A further
+stage can mix in the decoder's own failed states (``onpolicy_boards``,
+:mod:`rmkernels.tasks.sudoku.onpolicy`).
+
 The HER LayerNorm's gain starts at ``her_gain``: ``0`` (the history variants start as the RM model
 and learn how much history to add), or ``"rms"``, the RMS of the token embeddings the residual is
 added to. Never 1: a unit-scale residual swamps the pretrained model's input.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -123,6 +130,11 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     from rmkernels.training import SynthConfig, TrainConfig, Trainer
 
     settings = variant_settings(variant, cfg.decay)
+    if not (math.isfinite(cfg.keep_weight) and cfg.keep_weight > 0):
+        raise ValueError(f"keep_weight must be finite and > 0, got {cfg.keep_weight}")
+    if cfg.onpolicy_boards < 0 or (cfg.onpolicy_boards and not 1 <= cfg.onpolicy_rows < cfg.batch_size):
+        raise ValueError(f"onpolicy_boards must be >= 0 and onpolicy_rows in [1, batch_size), got "
+                         f"{cfg.onpolicy_boards} and {cfg.onpolicy_rows} (batch_size {cfg.batch_size})")
     base, _, base_meta = load_checkpoint(base_path)
     for p in base.parameters():
         p.requires_grad_(False)
