@@ -1,4 +1,6 @@
 """On-policy Sudoku states: the decoder's failed trajectories, mixed into post-training batches."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -40,24 +42,27 @@ def test_collect_states_keeps_every_state_of_the_failed_boards():
     final, steps, traj = decode_boards(model, norm, torch.from_numpy(corrupted), decode_config({"decode": SETTINGS}),
                                        kernels="reference")
     solution[2] = final[2].numpy()  # board 2 now counts as solved: none of its states are kept
-    frames, current, gold, failed = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
+    states = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
     fail = (final != torch.from_numpy(solution)).any(1).nonzero()[:, 0]
-    assert 2 not in fail.tolist() and failed == fail.numel() == 6
-    assert current.numel() == int(steps[fail].clamp(min=1).sum()) == frames.shape[0] == gold.shape[0]
+    assert 2 not in fail.tolist() and states.frames.shape[0] == fail.numel() == 6
+    assert len(states) == int(steps[fail].clamp(min=1).sum())
+    assert torch.equal(states.frames, traj[:, fail].transpose(0, 1))
+    assert torch.equal(states.gold, torch.from_numpy(solution)[fail])
     k = 0
-    for b in fail.tolist():  # entries grouped by board, states 1..steps in order
+    for i, b in enumerate(fail.tolist()):  # states grouped by board, 1..steps in order
         n = max(int(steps[b]), 1)
-        assert current[k : k + n].tolist() == list(range(1, n + 1))
-        for j in range(k, k + n):
-            assert torch.equal(frames[j], traj[:, b]) and torch.equal(gold[j], torch.from_numpy(solution[b]))
+        assert states.current[k : k + n].tolist() == list(range(1, n + 1))
+        assert states.board[k : k + n].tolist() == [i] * n
         k += n
 
 
 def test_mix_appends_oracle_labelled_decoder_states():
     model, norm = _model()
     corrupted, solution = make_boards("val", 6, seed=1)
-    frames, current, gold, _ = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
-    data = OnPolicyMix(_synthetic(), frames, current, gold, rows=5, seed=3)
+    states = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
+    frames = states.frames[states.board]  # [P, T + 1, 81] the trajectory of each state
+    current, gold = states.current, states.gold[states.board]
+    data = OnPolicyMix(_synthetic(), states, rows=5, seed=3)
     idx = torch.arange(16)
     batch = data.fetch(idx, step=4)
     assert len(batch) == 16 and len(data) == 64
@@ -84,13 +89,13 @@ def test_mix_appends_oracle_labelled_decoder_states():
 def test_bad_on_policy_settings():
     model, norm = _model()
     corrupted, solution = make_boards("val", 3, seed=1)
-    frames, current, gold, _ = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
+    states = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
     with pytest.raises(ValueError, match="onpolicy_rows"):
-        OnPolicyMix(_synthetic(), frames, current, gold, rows=0)
+        OnPolicyMix(_synthetic(), states, rows=0)
     with pytest.raises(ValueError, match="onpolicy_rows"):
-        OnPolicyMix(_synthetic(), frames, current, gold, rows=8).fetch(torch.arange(8), 0)
+        OnPolicyMix(_synthetic(), states, rows=8).fetch(torch.arange(8), 0)
     with pytest.raises(ValueError, match="nothing to mix"):
-        OnPolicyMix(_synthetic(), frames[:0], current[:0], gold[:0], rows=2)
+        OnPolicyMix(_synthetic(), replace(states, board=states.board[:0], current=states.current[:0]), rows=2)
 
 
 def test_boards_ending_on_another_valid_grid_are_left_out(monkeypatch):
@@ -102,8 +107,8 @@ def test_boards_ending_on_another_valid_grid_are_left_out(monkeypatch):
     final = torch.from_numpy(np.stack([other, corrupted[1], solution[2]]))  # valid other / invalid / solved
     traj = torch.stack([torch.from_numpy(corrupted), final])  # [2, 3, 81]: one step each
     monkeypatch.setattr(evaluate, "decode_boards", lambda *a, **k: (final, torch.ones(3, dtype=torch.long), traj))
-    frames, current, gold, kept = collect_states(None, None, SETTINGS, corrupted, solution)
-    assert kept == 1 and torch.equal(gold, torch.from_numpy(solution[1:2]))
-    assert torch.equal(frames[0, 1], final[1]) and current.tolist() == [1]
-    frames, current, gold, kept = collect_states(None, None, SETTINGS, corrupted, solution, only_invalid=False)
-    assert kept == 2 and torch.equal(gold, torch.from_numpy(solution[:2]))
+    states = collect_states(None, None, SETTINGS, corrupted, solution)
+    assert torch.equal(states.gold, torch.from_numpy(solution[1:2]))
+    assert torch.equal(states.frames[0, 1], final[1]) and states.current.tolist() == [1] == [len(states)]
+    states = collect_states(None, None, SETTINGS, corrupted, solution, only_invalid=False)
+    assert torch.equal(states.gold, torch.from_numpy(solution[:2])) and states.board.tolist() == [0, 1]

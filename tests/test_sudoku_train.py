@@ -138,6 +138,10 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
     assert not torch.allclose(n1.weight, torch.full_like(n1.weight, 0.5))  # the first stage trained it
     assert meta["config"]["init"] == first and meta["config"]["keep_weight"] == 8.0
     assert meta["init"]["steps"] == 2 and meta["init"]["config"]["keep_weight"] == 1.0
+    mixed = posttrain("full", base, str(tmp_path / "full3"), replace(cfg, init=first, onpolicy_boards=4, onpolicy_rows=2),
+                      log=lambda s: None)
+    onpolicy = load_checkpoint(mixed)[2]["onpolicy"]  # a 2-step base fails every board: all 4 kept
+    assert onpolicy["boards"] == 4 and onpolicy["failed"] == 4 and onpolicy["states"] >= 4
     rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
     with pytest.raises(ValueError, match="init"):
         posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)

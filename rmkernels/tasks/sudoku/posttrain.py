@@ -170,9 +170,9 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
             raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
         t_c = time.time()
         oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
-        frames, current, gold, failed = collect_states(model, norm, settings, oc, os_, cfg.kernels)
-        data = OnPolicyMix(data, frames, current, gold, cfg.onpolicy_rows, seed=cfg.seed)
-        onpolicy = {"boards": cfg.onpolicy_boards, "failed": failed, "states": int(current.numel()),
+        states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
+        data = OnPolicyMix(data, states, cfg.onpolicy_rows, seed=cfg.seed)
+        onpolicy = {"boards": cfg.onpolicy_boards, "failed": states.frames.shape[0], "states": len(states),
                     "seconds": round(time.time() - t_c, 1)}
         log(json.dumps({"onpolicy": onpolicy}))
     val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
