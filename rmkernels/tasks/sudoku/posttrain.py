@@ -135,6 +135,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     if cfg.onpolicy_boards < 0 or (cfg.onpolicy_boards and not 1 <= cfg.onpolicy_rows < cfg.batch_size):
         raise ValueError(f"onpolicy_boards must be >= 0 and onpolicy_rows in [1, batch_size), got "
                          f"{cfg.onpolicy_boards} and {cfg.onpolicy_rows} (batch_size {cfg.batch_size})")
+    if cfg.onpolicy_boards and not cfg.init:
+        raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
     base, _, base_meta = load_checkpoint(base_path)
     for p in base.parameters():
         p.requires_grad_(False)
@@ -166,8 +168,6 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     if cfg.onpolicy_boards > 0:
         from rmkernels.tasks.sudoku.onpolicy import OnPolicyMix, collect_states
 
-        if not cfg.init:
-            raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
         t_c = time.time()
         oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
         states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
