@@ -68,6 +68,27 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_ceiling(args) -> int:
+    import json
+
+    from rmkernels.tasks.sudoku.ceiling import alternatives
+    from rmkernels.tasks.sudoku.data import write_lines
+    from rmkernels.tasks.sudoku.evaluate import DEFAULT_BOARDS, load_boards
+
+    corrupted, solution = load_boards(args.boards, args.limit)
+    alt = alternatives(corrupted, solution, workers=args.workers, log=print)
+    summary = alt.summary()
+    print(f"{summary['boards']} boards from {args.boards or DEFAULT_BOARDS}: {summary['unique']} with a unique "
+          f"nearest grid, {summary['tie']} tied with another valid grid, {summary['closer']} with another valid "
+          f"grid nearer than the solution\nbest expected exact of any decoder: {summary['ceiling_exact_pct']:.2f}%")
+    if args.json:
+        doc = {"boards": args.boards or DEFAULT_BOARDS, **summary, "distance": alt.distance.tolist(),
+               "nearest_other": alt.nearest.tolist(), "count_other": alt.count.tolist()}
+        write_lines(args.json, [json.dumps(doc)])
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     import torch
 
@@ -134,6 +155,13 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("ceiling", help="best exact %% any decoder can reach on a board file (needs ortools)")
+    c.add_argument("--boards", default=None, help="board file (default: the shipped 1000-board test split)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N boards")
+    c.add_argument("--workers", type=int, default=1, help="CP-SAT search workers")
+    c.add_argument("--json", default=None, help="write the summary and per-board distances as JSON")
+    c.set_defaults(func=_cmd_ceiling)
 
     d = sub.add_parser("demo", help="show one board being revised step by step")
     common(d)
