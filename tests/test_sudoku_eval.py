@@ -176,3 +176,33 @@ def test_decoder_history_matches_the_training_history(tiny_dir):
         dec.step()
         frames.append(dec.x.clone())
     assert int(dec.history.lengths.max()) == 6 and int(dec.history.lengths.min()) == 0  # rows with and without history
+
+
+def test_cli_eval_with_ceiling(tiny_dir, tmp_path, capsys):
+    """--ceiling splits exact % by board kind from a `rmk sudoku ceiling --json` file (hand-made here)."""
+    corrupted, solution = make_boards("val", 4, seed=9)
+    boards, ceiling, out_json, preds = (tmp_path / n for n in ("b.txt", "c.json", "m.json", "p.txt"))
+    write_boards(str(boards), corrupted, solution)
+    dist = (corrupted != solution).sum(1).tolist()
+    ceiling.write_text(json.dumps({"distance": dist + [5], "nearest_other": [-1, dist[1], -1, 2, -1],
+                                   "count_other": [0, 1, 0, 1, 0]}))  # unique, tie, unique, closer (+1 unused)
+    assert main(["sudoku", "eval", "--boards", str(boards), "--checkpoint-dir", tiny_dir, "--variant", "full",
+                 "--ceiling", str(ceiling), "--json", str(out_json), "--predictions", str(preds), "--steps", "3",
+                 "--kernels", REF]) == 0
+    assert "best expected exact of any decoder on these boards: 62.50%" in capsys.readouterr().out
+    c = json.loads(out_json.read_text())["results"]["full"]["ceiling"]
+    assert (c["unique_boards"], c["tie_boards"], c["closer_boards"]) == (2, 1, 1)
+    final = [[int(ch) - 1 for ch in line] for line in preds.read_text().splitlines()]
+    exact = [f == s for f, s in zip(final, solution.tolist())]
+    assert c["exact_unique_pct"] == pytest.approx(50.0 * (exact[0] + exact[2]))
+    assert c["exact_tie_pct"] == 100.0 * exact[1] and c["exact_closer_pct"] == 100.0 * exact[3]
+    assert c["exact_of_ceiling_pct"] == pytest.approx(100.0 * sum(exact) / 4 / 0.625)
+    ceiling.write_text(json.dumps({"distance": [d + 1 for d in dist], "nearest_other": [-1] * 4, "count_other": [0] * 4}))
+    with pytest.raises(ValueError, match="other boards"):
+        main(["sudoku", "eval", "--boards", str(boards), "--ceiling", str(ceiling), "--variant", "full"])
+    ceiling.write_text(json.dumps({"distance": dist[:2], "nearest_other": [-1] * 2, "count_other": [0] * 2}))
+    with pytest.raises(ValueError, match="covers 2 boards, 4"):
+        main(["sudoku", "eval", "--boards", str(boards), "--ceiling", str(ceiling), "--variant", "full"])
+    ceiling.write_text(json.dumps({"boards": 4}))
+    with pytest.raises(ValueError, match="not written by"):
+        main(["sudoku", "eval", "--boards", str(boards), "--ceiling", str(ceiling), "--variant", "full"])

@@ -154,4 +154,39 @@ def alternatives(corrupted, solution, *, workers: int = 1, log=None) -> Alternat
     return Alternatives(distance, nearest, count)
 
 
-__all__ = ["Alternatives", "CLOSER", "TIE", "UNIQUE", "alternatives"]
+def load_alternatives(path: str, corrupted, solution) -> Alternatives:
+    """The :class:`Alternatives` of a ``rmk sudoku ceiling --json`` file, for the first ``len(corrupted)``
+    boards of the file it was computed on; raises ``ValueError`` when they cannot be those boards."""
+    import json
+
+    with open(path) as f:
+        doc = json.load(f)
+    try:
+        fields = [np.asarray(doc[k], dtype=np.int64) for k in ("distance", "nearest_other", "count_other")]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"ceiling file {path}: not written by `rmk sudoku ceiling --json` ({e})") from None
+    n = len(corrupted)
+    if any(f.shape != fields[0].shape for f in fields) or fields[0].size < n:
+        raise ValueError(f"ceiling file {path} covers {fields[0].size} boards, {n} are evaluated")
+    distance = (np.asarray(corrupted) != np.asarray(solution)).sum(1)
+    if not np.array_equal(fields[0][:n], distance):
+        raise ValueError(f"ceiling file {path} was computed on other boards (corrupted-cell counts differ)")
+    return Alternatives(*(f[:n] for f in fields))
+
+
+def exact_by_kind(final, solution, alt: Alternatives) -> dict:
+    """Exact % of ``final [N, 81]`` on the unique / tie / closer boards of ``alt`` (None where a kind has
+    no board), the ceiling, and the exact rate as a share of it."""
+    exact = (torch.as_tensor(final).long() == torch.as_tensor(np.asarray(solution)).long()).all(1).numpy()
+    kind = alt.kind
+    out = {}
+    for k in (UNIQUE, TIE, CLOSER):
+        sel = kind == k
+        out[f"exact_{k}_pct"] = 100.0 * float(exact[sel].mean()) if sel.any() else None
+        out[f"{k}_boards"] = int(sel.sum())
+    out["ceiling_exact_pct"] = 100.0 * float(alt.best_exact.mean())
+    out["exact_of_ceiling_pct"] = 100.0 * float(exact.mean()) / max(float(alt.best_exact.mean()), 1e-12)
+    return out
+
+
+__all__ = ["Alternatives", "CLOSER", "TIE", "UNIQUE", "alternatives", "exact_by_kind", "load_alternatives"]

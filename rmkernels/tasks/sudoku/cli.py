@@ -29,6 +29,23 @@ def _resolve_system(args):
     return args.variant or loaded[2].get("variant") or "base_conf_remask", loaded
 
 
+def _ceiling_table(results: dict) -> str:
+    """Exact % split by whether the solution is the unique nearest valid grid (``--ceiling``)."""
+    from rmkernels.tasks.sudoku.evaluate import TITLES
+
+    first = next(iter(results.values()))["ceiling"]
+    pct = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [f"best expected exact of any decoder on these boards: {first['ceiling_exact_pct']:.2f}%\n",
+             f"| variant | exact % of the ceiling | exact % ({first['unique_boards']} boards, solution the unique "
+             f"nearest grid) | exact % ({first['tie_boards']} tied) | exact % ({first['closer_boards']} with a "
+             "nearer grid) |", "|---|---|---|---|---|"]
+    for name, m in results.items():
+        c = m["ceiling"]
+        lines.append(f"| {TITLES.get(name, name)} | {c['exact_of_ceiling_pct']:.1f} | {pct(c['exact_unique_pct'])} | "
+                     f"{pct(c['exact_tie_pct'])} | {pct(c['exact_closer_pct'])} |")
+    return "\n".join(lines)
+
+
 def _cmd_eval(args) -> int:
     import json
     import time
@@ -45,6 +62,11 @@ def _cmd_eval(args) -> int:
     corrupted, solution = load_boards(args.boards, args.limit)
     system, loaded = _resolve_system(args)
     kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels, remask_threshold=args.remask_threshold)
+    alt = None
+    if args.ceiling:
+        from rmkernels.tasks.sudoku.ceiling import load_alternatives
+
+        alt = load_alternatives(args.ceiling, corrupted, solution)
     t0 = time.perf_counter()
     if system is None:  # the whole table: baselines and the four variants; predictions of the full model
         results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
@@ -57,6 +79,15 @@ def _cmd_eval(args) -> int:
     table = markdown_table({TITLES.get(k, k): v for k, v in results.items()})
     print(f"\n{len(corrupted)} boards from {args.boards or DEFAULT_BOARDS} ({wall:.1f} s, "
           f"{torch.get_num_threads()} threads)\n\n{table}")
+    if alt is not None:
+        from rmkernels.tasks.sudoku.ceiling import exact_by_kind
+
+        finals = finals if system is None else {system: final}
+        for name in results:
+            results[name]["ceiling"] = exact_by_kind(finals[name], solution, alt)
+        split = _ceiling_table(results)
+        table += "\n\n" + split
+        print("\n" + split)
     if args.json:
         doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
                "wall_s": round(wall, 2), "threads": torch.get_num_threads(), "results": results, "table": table}
@@ -152,6 +183,9 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--predictions", default=None,
                    help="write each final board (81 digits, 0 = masked) per line, in input order")
     e.add_argument("--limit", type=int, default=None, help="only the first N boards")
+    e.add_argument("--ceiling", default=None,
+                   help="a `rmk sudoku ceiling --json` file of these boards: also report exact %% against the "
+                        "best any decoder can reach, split by board kind")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.set_defaults(func=_cmd_eval)
