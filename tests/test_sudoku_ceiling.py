@@ -98,3 +98,20 @@ def test_cli_ceiling(tmp_path, capsys):
     assert (doc["boards"], doc["unique"], doc["tie"], doc["closer"]) == (2, 1, 1, 0)
     assert doc["distance"] == [1, 2] and doc["nearest_other"][0] == -1 and doc["nearest_other"][1] == 2
     assert "best expected exact of any decoder" in capsys.readouterr().out
+
+
+def test_shipped_ceiling_file_matches_the_shipped_boards():
+    """The packaged ceiling of the 1000 test boards (used by `rmk sudoku eval` on its default boards)
+    belongs to those boards and agrees with a fresh CP-SAT run on a prefix."""
+    from rmkernels.tasks.sudoku.ceiling import load_alternatives
+    from rmkernels.tasks.sudoku.evaluate import DEFAULT_CEILING, load_boards
+
+    corrupted, solution = load_boards()
+    shipped = load_alternatives(DEFAULT_CEILING, corrupted, solution)  # raises unless the boards match
+    assert shipped.kind.size == len(corrupted)
+    kind = shipped.kind
+    first = [int(np.nonzero(kind == k)[0][0]) for k in (UNIQUE, TIE, CLOSER)]  # one board of each kind
+    idx = sorted(set(range(12)) | set(first))
+    fresh = alternatives(corrupted[idx], solution[idx])
+    for name in ("distance", "nearest", "count"):
+        np.testing.assert_array_equal(getattr(fresh, name), getattr(shipped, name)[idx], err_msg=name)

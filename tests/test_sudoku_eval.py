@@ -206,3 +206,15 @@ def test_cli_eval_with_ceiling(tiny_dir, tmp_path, capsys):
     ceiling.write_text(json.dumps({"boards": 4}))
     with pytest.raises(ValueError, match="not written by"):
         main(["sudoku", "eval", "--boards", str(boards), "--ceiling", str(ceiling), "--variant", "full"])
+
+
+def test_cli_eval_default_boards_report_the_shipped_ceiling(tmp_path, capsys):
+    """On its default boards `rmk sudoku eval` splits exact % with the packaged ceiling file."""
+    out_json = tmp_path / "m.json"
+    assert main(["sudoku", "eval", "--variant", "full", "--limit", "30", "--json", str(out_json),
+                 "--kernels", REF]) == 0
+    assert "best expected exact of any decoder on these boards" in capsys.readouterr().out
+    res = json.loads(out_json.read_text())["results"]["full"]
+    c = res["ceiling"]
+    assert c["unique_boards"] + c["tie_boards"] + c["closer_boards"] == 30
+    assert c["exact_of_ceiling_pct"] == pytest.approx(100 * res["exact_pct"] / c["ceiling_exact_pct"])

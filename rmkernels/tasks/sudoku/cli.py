@@ -54,7 +54,7 @@ def _cmd_eval(args) -> int:
 
     from rmkernels.tasks.sudoku.data import format_board, write_lines
     from rmkernels.tasks.sudoku.evaluate import (
-        DEFAULT_BOARDS, SYSTEMS, TITLES, evaluate_suite, evaluate_system, load_boards)
+        DEFAULT_BOARDS, DEFAULT_CEILING, SYSTEMS, TITLES, evaluate_suite, evaluate_system, load_boards)
     from rmkernels.tasks.sudoku.metrics import markdown_table
 
     if args.threads:
@@ -63,10 +63,11 @@ def _cmd_eval(args) -> int:
     system, loaded = _resolve_system(args)
     kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels, remask_threshold=args.remask_threshold)
     alt = None
-    if args.ceiling:
+    ceiling = args.ceiling or (DEFAULT_CEILING if args.boards is None else None)
+    if ceiling:
         from rmkernels.tasks.sudoku.ceiling import load_alternatives
 
-        alt = load_alternatives(args.ceiling, corrupted, solution)
+        alt = load_alternatives(ceiling, corrupted, solution)
     t0 = time.perf_counter()
     if system is None:  # the whole table: baselines and the four variants; predictions of the full model
         results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
@@ -185,7 +186,8 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N boards")
     e.add_argument("--ceiling", default=None,
                    help="a `rmk sudoku ceiling --json` file of these boards: also report exact %% against the "
-                        "best any decoder can reach, split by board kind")
+                        "best any decoder can reach, split by board kind (default: the shipped one, for the "
+                        "default boards)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.set_defaults(func=_cmd_eval)

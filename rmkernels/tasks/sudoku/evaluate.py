@@ -38,6 +38,8 @@ DEFAULT_STEPS = 20
 DEFAULT_REMASK_THRESHOLD = 0.4  # the confidence heuristic's threshold (Diffulex / dInfer)
 CHECKPOINT_DIR = str(files("rmkernels") / "checkpoints")
 DEFAULT_BOARDS = str(files("rmkernels") / "data" / "sudoku_test.txt")
+# `rmk sudoku ceiling --json` of DEFAULT_BOARDS: eval reports exact % against it on the default boards
+DEFAULT_CEILING = str(files("rmkernels") / "data" / "sudoku_test_ceiling.json")
 
 
 def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
@@ -129,6 +131,6 @@ def load_boards(path: str | None = None, limit: int | None = None):
 
 
 __all__ = [
-    "BASELINES", "DEFAULT_BOARDS", "SYSTEMS", "TITLES", "VARIANT_NAMES", "checkpoint_path", "decode_boards",
+    "BASELINES", "DEFAULT_BOARDS", "DEFAULT_CEILING", "SYSTEMS", "TITLES", "VARIANT_NAMES", "checkpoint_path", "decode_boards",
     "decode_config", "evaluate_suite", "evaluate_system", "load_boards",
 ]
