@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, Alternatives, alternatives
+from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, Alternatives, alternatives, nearest_grids
 from rmkernels.tasks.sudoku.grids import is_valid, seed_grids
 
 pytest.importorskip("ortools")
@@ -51,6 +51,13 @@ def test_unique_tie_and_closer_boards(seed):
     np.testing.assert_allclose(alt.best_exact, [1.0, 1.0 / (1 + alt.count[1]), 0.0])
     summary = alt.summary()
     assert (summary["boards"], summary["unique"], summary["tie"], summary["closer"]) == (3, 1, 1, 1)
+    # the grids themselves: the swapped grid is among the nearest, and every one is valid and that near
+    assert nearest_grids(unique, s) == (-1, [])
+    for board, dist in ((tie, 2), (closer, 1)):
+        near, grids = nearest_grids(board, s)
+        assert near == dist and tuple(swapped.tolist()) in grids and tuple(s.tolist()) not in grids
+        g = np.array(grids)
+        assert bool(is_valid(g).all()) and ((g != board).sum(1) == dist).all()
     assert summary["ceiling_exact_pct"] == pytest.approx(100 * alt.best_exact.mean())
 
 

@@ -70,9 +70,12 @@ def _require_ortools():
     return cp_model
 
 
-def _nearest_other(cp_model, board: list, solution: list, workers: int) -> tuple[int, int]:
-    """(distance, count) of the valid grids != solution nearest to board, or (-1, 0) when every one
-    is farther from board than the solution."""
+def nearest_grids(board, solution, *, workers: int = 1) -> tuple[int, list]:
+    """The valid grids other than ``solution`` nearest to ``board`` (both ``[81]`` digit ids), if no
+    farther from it than the solution: ``(distance, grids)``, or ``(-1, [])`` when every other valid
+    grid is farther. ``grids`` lists each as a tuple of 81 digit ids."""
+    cp_model = _require_ortools()
+    board, solution = [int(v) for v in board], [int(v) for v in solution]
     k = sum(a != b for a, b in zip(board, solution))
     m = cp_model.CpModel()
     x = [[m.NewBoolVar(f"x{i}_{d}") for d in range(DIGITS)] for i in range(CELLS)]
@@ -89,27 +92,23 @@ def _nearest_other(cp_model, board: list, solution: list, workers: int) -> tuple
     solver.parameters.num_workers = workers
     status = solver.Solve(m)
     if status == cp_model.INFEASIBLE:
-        return -1, 0
+        return -1, []
     if status != cp_model.OPTIMAL:
         raise RuntimeError(f"CP-SAT ended with status {solver.StatusName(status)}")
     nearest = CELLS - round(solver.ObjectiveValue())
     m.ClearObjective()
     m.Add(agree == CELLS - nearest)
+    grids = []
 
-    class _Count(cp_model.CpSolverSolutionCallback):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
+    class _Collect(cp_model.CpSolverSolutionCallback):
         def on_solution_callback(self):
-            self.n += 1
+            grids.append(tuple(next(d for d in range(DIGITS) if self.Value(x[i][d])) for i in range(CELLS)))
 
-    counter = _Count()
     enum = cp_model.CpSolver()
     enum.parameters.enumerate_all_solutions = True
     enum.parameters.num_workers = 1  # enumeration is single-threaded in CP-SAT
-    enum.Solve(m, counter)
-    return nearest, counter.n
+    enum.Solve(m, _Collect())
+    return nearest, grids
 
 
 def alternatives(corrupted, solution, *, workers: int = 1, log=None) -> Alternatives:
@@ -141,14 +140,15 @@ def alternatives(corrupted, solution, *, workers: int = 1, log=None) -> Alternat
         raise ValueError("solution must hold valid complete grids")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    cp_model = _require_ortools()
+    _require_ortools()
     n = c.shape[0]
     distance = (c != s).sum(1).numpy().astype(np.int64)
     nearest = np.full(n, -1, np.int64)
     count = np.zeros(n, np.int64)
     cl, sl = c.tolist(), s.tolist()
     for j in range(n):
-        nearest[j], count[j] = _nearest_other(cp_model, cl[j], sl[j], workers)
+        nearest[j], grids = nearest_grids(cl[j], sl[j], workers=workers)
+        count[j] = len(grids)
         if log is not None and (j + 1) % 100 == 0:
             log(f"{j + 1}/{n} boards")
     return Alternatives(distance, nearest, count)
@@ -189,4 +189,5 @@ def exact_by_kind(final, solution, alt: Alternatives) -> dict:
     return out
 
 
-__all__ = ["Alternatives", "CLOSER", "TIE", "UNIQUE", "alternatives", "exact_by_kind", "load_alternatives"]
+__all__ = ["Alternatives", "CLOSER", "TIE", "UNIQUE", "alternatives", "exact_by_kind", "load_alternatives",
+           "nearest_grids"]
