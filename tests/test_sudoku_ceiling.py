@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, Alternatives, alternatives, nearest_grids
+from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, Alternatives, alternatives, canonical_solutions, nearest_grids
 from rmkernels.tasks.sudoku.grids import is_valid, seed_grids
 
 pytest.importorskip("ortools")
@@ -58,6 +58,10 @@ def test_unique_tie_and_closer_boards(seed):
         assert near == dist and tuple(swapped.tolist()) in grids and tuple(s.tolist()) not in grids
         g = np.array(grids)
         assert bool(is_valid(g).all()) and ((g != board).sum(1) == dist).all()
+    labels, changed = canonical_solutions(boards, np.stack([s, s, s]))
+    want_tie = min(tuple(s.tolist()), tuple(swapped.tolist()))  # both at distance 2 (if no third grid is)
+    assert labels[0].tolist() == s.tolist() and labels[2].tolist() == swapped.tolist()
+    assert tuple(labels[1].tolist()) <= want_tie and changed == 1 + (labels[1].tolist() != s.tolist())
     assert summary["ceiling_exact_pct"] == pytest.approx(100 * alt.best_exact.mean())
 
 

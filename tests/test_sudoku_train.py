@@ -1,4 +1,5 @@
 """Sudoku training: checkpoints, the MDM objective, deterministic resume, RM post-training smoke runs."""
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -142,6 +143,11 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
                       log=lambda s: None)
     onpolicy = load_checkpoint(mixed)[2]["onpolicy"]  # a 2-step base fails every board: all 4 kept
     assert onpolicy["boards"] == 4 and onpolicy["failed"] == 4 and onpolicy["states"] >= 4
+    if importlib.util.find_spec("ortools") is not None:  # labels from the nearest grids instead
+        canon = posttrain("full", base, str(tmp_path / "full4"), replace(cfg, init=first, onpolicy_boards=4,
+                          onpolicy_rows=2, onpolicy_labels="canonical"), log=lambda s: None)
+        onpolicy = load_checkpoint(canon)[2]["onpolicy"]
+        assert onpolicy["labels"] == "canonical" and 0 <= onpolicy["relabelled"] <= 4 and onpolicy["failed"] == 4
     rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
     with pytest.raises(ValueError, match="init"):
         posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)
@@ -155,7 +161,7 @@ def test_posttrain_rejects_bad_second_stage_settings(tmp_path):
     cfg = PostTrainConfig(steps=1, batch_size=8, pool_size=4, targets=16, val_boards=8, kernels="reference")
     cases = ((dict(keep_weight=0.0), "keep_weight"), (dict(keep_weight=float("nan")), "keep_weight"),
              (dict(onpolicy_boards=-1), "onpolicy_boards"), (dict(onpolicy_boards=4, onpolicy_rows=8), "onpolicy_rows"),
-             (dict(onpolicy_boards=4, onpolicy_rows=2), "needs init"))
+             (dict(onpolicy_boards=4, onpolicy_rows=2), "needs init"), (dict(onpolicy_labels="best"), "onpolicy_labels"))
     for bad, match in cases:
         with pytest.raises(ValueError, match=match):
             posttrain("rm", base, str(tmp_path / "out"), replace(cfg, **bad), log=lambda s: None)

@@ -78,6 +78,9 @@ class PostTrainConfig:
     init: str = ""  # start from this checkpoint of the same variant (model + HER norm) instead of the base
     onpolicy_boards: int = 0  # decode this many train-split boards with the init model; mix in its failed states
     onpolicy_rows: int = 16  # rows of each batch that are such states (rmkernels.tasks.sudoku.onpolicy)
+    # labels of those states: "solution" (the generator's) or "canonical" (the smallest of the valid grids
+    # nearest to the input, rmkernels.tasks.sudoku.ceiling.canonical_solutions; needs ortools)
+    onpolicy_labels: str = "solution"
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -135,6 +138,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     if cfg.onpolicy_boards < 0 or (cfg.onpolicy_boards and not 1 <= cfg.onpolicy_rows < cfg.batch_size):
         raise ValueError(f"onpolicy_boards must be >= 0 and onpolicy_rows in [1, batch_size), got "
                          f"{cfg.onpolicy_boards} and {cfg.onpolicy_rows} (batch_size {cfg.batch_size})")
+    if cfg.onpolicy_labels not in ("solution", "canonical"):
+        raise ValueError(f"onpolicy_labels must be 'solution' or 'canonical', got {cfg.onpolicy_labels!r}")
     if cfg.onpolicy_boards and not cfg.init:
         raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
     base, _, base_meta = load_checkpoint(base_path)
@@ -170,10 +175,14 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
 
         t_c = time.time()
         oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
+        onpolicy = {"boards": cfg.onpolicy_boards, "labels": cfg.onpolicy_labels}
+        if cfg.onpolicy_labels == "canonical":
+            from rmkernels.tasks.sudoku.ceiling import canonical_solutions
+
+            os_, onpolicy["relabelled"] = canonical_solutions(oc, os_)
         states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
         data = OnPolicyMix(data, states, cfg.onpolicy_rows, seed=cfg.seed)
-        onpolicy = {"boards": cfg.onpolicy_boards, "failed": states.frames.shape[0], "states": len(states),
-                    "seconds": round(time.time() - t_c, 1)}
+        onpolicy.update(failed=states.frames.shape[0], states=len(states), seconds=round(time.time() - t_c, 1))
         log(json.dumps({"onpolicy": onpolicy}))
     val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
     os.makedirs(out_dir, exist_ok=True)
