@@ -148,6 +148,9 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
                           onpolicy_rows=2, onpolicy_labels="canonical"), log=lambda s: None)
         onpolicy = load_checkpoint(canon)[2]["onpolicy"]
         assert onpolicy["labels"] == "canonical" and 0 <= onpolicy["relabelled"] <= 4 and onpolicy["failed"] == 4
+    # a directory that holds another run is refused (the trainer would resume from its checkpoints)
+    with pytest.raises(ValueError, match="full2 holds a run with other settings \\(init, keep_weight"):
+        posttrain("full", base, str(tmp_path / "full2"), cfg, log=lambda s: None)
     rm = posttrain("rm", base, str(tmp_path / "rm"), cfg, log=lambda s: None)
     with pytest.raises(ValueError, match="init"):
         posttrain("full", base, str(tmp_path / "bad"), replace(cfg, init=rm), log=lambda s: None)

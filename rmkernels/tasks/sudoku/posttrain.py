@@ -83,6 +83,27 @@ class PostTrainConfig:
     onpolicy_labels: str = "solution"
 
 
+def _claim_run_dir(out_dir: str, run: dict) -> None:
+    """Record ``run`` in ``out_dir/run.json``; a directory holding another run is refused, since the
+    trainer resumes from whatever checkpoints ``out_dir`` holds."""
+    path = os.path.join(out_dir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f)
+        if held != json.loads(json.dumps(run)):
+            diff = sorted(k for k in set(held.get("config", {})) | set(run["config"])
+                          if held.get("config", {}).get(k) != run["config"].get(k))
+            diff += [k for k in ("variant", "base") if held.get(k) != run[k]]
+            raise ValueError(f"out_dir {out_dir} holds a run with other settings ({', '.join(diff)}); "
+                             "use a new out_dir, or the same settings to resume it")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(run, f, indent=1)
+    os.replace(tmp, path)
+
+
 def variant_settings(variant: str, decay: float) -> dict:
     """The History Reference settings (training and decoding) of a variant."""
     if variant not in VARIANTS:
@@ -158,6 +179,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         if norm is not None:
             with torch.no_grad():
                 norm.weight.fill_(her_gain(cfg.her_gain, model))
+    _claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
     for p in model.parameters():
         p.requires_grad_(True)
     rng = split_rng("train", cfg.data_seed)
