@@ -16,8 +16,8 @@ therefore scores, on a board whose solution is ``k`` cells from ``c``:
 * 1 otherwise (``unique``).
 
 (The generator's prior is not exactly uniform, grids being transforms of a finite seed pool, a
-bias no model here can plausibly learn.) :func:`alternatives` finds, per board, the nearest valid grid other than the
-solution and how many there are with CP-SAT (OR-Tools, ``pip install ortools``, an optional
+bias no model here can plausibly learn.) :func:`alternatives` finds, per board, the nearest valid
+grid other than the solution and how many there are with CP-SAT (OR-Tools, ``pip install ortools``, an optional
 dependency): 729 Boolean cell-digit variables, exactly one digit per cell and per unit, at least
 one cell different from the solution, no farther from ``c`` than the solution (usually infeasible,
 which is proved fast), maximise the cells that agree with ``c``; then enumerate all grids at that
