@@ -112,3 +112,17 @@ def test_boards_ending_on_another_valid_grid_are_left_out(monkeypatch):
     assert torch.equal(states.frames[0, 1], final[1]) and states.current.tolist() == [1] == [len(states)]
     states = collect_states(None, None, SETTINGS, corrupted, solution, only_invalid=False)
     assert torch.equal(states.gold, torch.from_numpy(solution[:2])) and states.board.tolist() == [0, 1]
+
+
+def test_kept_boards_do_not_depend_on_which_valid_grid_is_the_label():
+    # post-training searches canonical labels only for the kept boards: that is only equivalent to
+    # labelling every board first if the kept set is the same under any valid-grid labels
+    model, norm = _model()
+    corrupted, solution = make_boards("val", 7, seed=5)
+    relabelled = solution.copy()
+    for j in range(0, 7, 2):  # other valid grids (two digits swapped) as the labels of boards 0, 2, 4, 6
+        relabelled[j][solution[j] == 0], relabelled[j][solution[j] == 1] = 1, 0
+    a = collect_states(model, norm, SETTINGS, corrupted, solution, "reference")
+    b = collect_states(model, norm, SETTINGS, corrupted, relabelled, "reference")
+    assert a.frames.shape[0] > 0 and torch.equal(a.frames, b.frames) and torch.equal(a.current, b.current)
+    assert not torch.equal(a.gold, b.gold)

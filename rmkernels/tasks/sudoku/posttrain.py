@@ -198,11 +198,14 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         t_c = time.time()
         oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
         onpolicy = {"boards": cfg.onpolicy_boards, "labels": cfg.onpolicy_labels}
+        states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
         if cfg.onpolicy_labels == "canonical":
+            # only boards that end invalid are kept, and an invalid final differs from every valid
+            # grid: which boards are kept does not depend on the labels, so only theirs are searched
             from rmkernels.tasks.sudoku.ceiling import canonical_solutions
 
-            os_, onpolicy["relabelled"] = canonical_solutions(oc, os_)
-        states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
+            gold, onpolicy["relabelled"] = canonical_solutions(states.frames[:, 0].numpy(), states.gold.numpy())
+            states.gold = torch.from_numpy(gold).long()
         data = OnPolicyMix(data, states, cfg.onpolicy_rows, seed=cfg.seed)
         onpolicy.update(failed=states.frames.shape[0], states=len(states), seconds=round(time.time() - t_c, 1))
         log(json.dumps({"onpolicy": onpolicy}))
