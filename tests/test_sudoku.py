@@ -15,7 +15,7 @@ from rmkernels.tasks.sudoku.grids import (
     seed_grids,
     transform_grids,
 )
-from rmkernels.tasks.sudoku.metrics import board_metrics, markdown_table
+from rmkernels.tasks.sudoku.metrics import ablation_ordering, board_metrics, markdown_table, ordering_table, paired_difference
 
 
 def _valid_by_loops(g) -> bool:
@@ -229,3 +229,50 @@ def test_other_grid_metrics_on_a_swapped_rectangle():
     assert board_metrics(final, final)["other_grid_pct"] is None
     with pytest.raises(ValueError, match="inputs"):
         board_metrics(final, torch.stack([sol, sol, sol]), inputs=inputs[:2])
+
+
+def _ten_boards_with_outcomes(solved):
+    """10 boards; board j is solved when ``solved[j]``, else its first cell holds a wrong digit."""
+    _, solution = make_boards("val", 10, seed=3)
+    final = solution.copy()
+    for j in range(10):
+        if not solved[j]:
+            final[j, 0] = (final[j, 0] + 1) % 9  # one wrong digit: it and the two cells it repeats clash
+    return final, solution
+
+
+def test_paired_difference_by_hand():
+    a, solution = _ten_boards_with_outcomes([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    b, _ = _ten_boards_with_outcomes([1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # b also solves boards 5, 6, 7
+    d = paired_difference(a, b, solution)
+    diff = np.array([0.0] * 5 + [1.0] * 3 + [0.0] * 2)
+    assert d["exact_diff_pct"] == pytest.approx(30.0)
+    assert d["exact_diff_se_pct"] == pytest.approx(100 * diff.std(ddof=1) / np.sqrt(10))
+    assert (d["only_a_exact"], d["only_b_exact"]) == (0, 3)
+    per_board = conflict_cells(torch.from_numpy(b)).sum(1).double() - conflict_cells(torch.from_numpy(a)).sum(1).double()
+    assert d["conflicts_diff"] == pytest.approx(float(per_board.mean())) and d["conflicts_diff"] < 0
+    assert paired_difference(b, a, solution)["exact_diff_pct"] == pytest.approx(-30.0)
+    with pytest.raises(ValueError, match="final_b"):
+        paired_difference(a, b[:5], solution)
+    with pytest.raises(ValueError, match="at least 2 boards"):
+        paired_difference(a[:1], b[:1], solution[:1])
+
+
+def test_ablation_ordering_verdicts():
+    n = 400
+    _, solution = make_boards("val", n, seed=4)
+    def outcome(k):  # the first k boards solved, the others one wrong digit
+        f = solution.copy()
+        f[k:, 0] = (f[k:, 0] + 1) % 9
+        return f
+    finals = {"rm": outcome(200), "rm_hist": outcome(300), "full": outcome(300), "rm_hist_decay": outcome(0)}
+    rel = ablation_ordering(finals, solution)
+    assert [(r["a"], r["b"], r["verdict"]) for r in rel] == [
+        ("rm", "rm_hist", "holds"), ("rm_hist", "full", "not contradicted (within 2 SE)")]
+    rel = ablation_ordering({"rm": outcome(300), "rm_hist": outcome(200), "full": outcome(100)}, solution)
+    assert [r["verdict"] for r in rel] == ["reversed", "reversed"]
+    rel = ablation_ordering({"rm": outcome(300), "rm_hist": outcome(302)}, solution)  # 2 boards of 400: noise
+    assert [r["verdict"] for r in rel] == ["unresolved (within 2 SE)"]
+    assert ablation_ordering({"full": outcome(1)}, solution) == []
+    table = ordering_table(rel, {"rm": "RM", "rm_hist": "RM + history"})
+    assert "| RM < RM + history | +0.5 (0.4) | 0 / 2 |" in table

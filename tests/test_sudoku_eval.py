@@ -87,6 +87,9 @@ def test_cli_eval_end_to_end(tiny_dir, tmp_path, capsys):
     assert "| RM + history + decay + rotation (full) |" in text and "| base MDM, no re-mask |" in text
     doc = json.loads(out_json.read_text())
     assert doc["n"] == 6 and set(doc["results"]) == set(SYSTEMS)
+    assert [(r["a"], r["b"], r["relation"]) for r in doc["ablation_ordering"]] == [("rm", "rm_hist", "<"),
+                                                                              ("rm_hist", "full", "<=")]
+    assert "published ablation ordering" in text and "| RM < RM + history (no rotation) |" in text
     lines = preds.read_text().splitlines()
     _, final = evaluate_system("full", corrupted, solution, checkpoint_dir=tiny_dir, steps=4, kernels=REF)
     assert lines == ["".join("0" if v == MASK_ID else str(v + 1) for v in row) for row in final.tolist()]

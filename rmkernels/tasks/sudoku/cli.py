@@ -55,7 +55,7 @@ def _cmd_eval(args) -> int:
     from rmkernels.tasks.sudoku.data import format_board, write_lines
     from rmkernels.tasks.sudoku.evaluate import (
         DEFAULT_BOARDS, DEFAULT_CEILING, SYSTEMS, TITLES, evaluate_suite, evaluate_system, load_boards)
-    from rmkernels.tasks.sudoku.metrics import markdown_table
+    from rmkernels.tasks.sudoku.metrics import ablation_ordering, markdown_table, ordering_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,9 +89,15 @@ def _cmd_eval(args) -> int:
         split = _ceiling_table(results)
         table += "\n\n" + split
         print("\n" + split)
+    ordering = ablation_ordering(finals, solution) if system is None and len(corrupted) > 1 else []
+    if ordering:
+        order = ordering_table(ordering, TITLES)
+        table += "\n\n" + order
+        print("\nthe published ablation ordering, paired over these boards (b minus a)\n\n" + order)
     if args.json:
         doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
-               "wall_s": round(wall, 2), "threads": torch.get_num_threads(), "results": results, "table": table}
+               "wall_s": round(wall, 2), "threads": torch.get_num_threads(), "results": results,
+               "ablation_ordering": ordering, "table": table}
         write_lines(args.json, [json.dumps(doc, indent=2)])
         print(f"wrote {args.json}")
     if args.predictions:

@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rmkernels.decode.trajectory import replay_statistics
@@ -93,4 +95,62 @@ def markdown_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COLUMNS", "board_metrics", "markdown_table"]
+# the published ablation ordering (SPEC §5, issue 6): RM < RM + history <= full, on exact %
+ORDERING = (("rm", "rm_hist", "<"), ("rm_hist", "full", "<="))
+
+
+def paired_difference(final_a, final_b, solution) -> dict:
+    """System b minus system a on the same boards ``[N, 81]``: exact % and conflict cells per
+    board, each with its paired standard error (of the per-board differences), and how many
+    boards only a / only b solve."""
+    a, b, sol = (torch.as_tensor(x).long() for x in (final_a, final_b, solution))
+    if not a.shape == b.shape == sol.shape:
+        raise ValueError(f"final_a {tuple(a.shape)}, final_b {tuple(b.shape)} and solution {tuple(sol.shape)} "
+                         "must have the same shape")
+    n = a.shape[0]
+    if n < 2:
+        raise ValueError(f"a paired standard error needs at least 2 boards, got {n}")
+    d_exact = (b == sol).all(1).double() - (a == sol).all(1).double()  # [N] in {-1, 0, 1}
+    d_conf = conflict_cells(b).sum(1).double() - conflict_cells(a).sum(1).double()  # [N]
+    se = lambda d: float(d.std()) / math.sqrt(n)  # noqa: E731
+    return {"boards": n, "exact_diff_pct": 100.0 * float(d_exact.mean()), "exact_diff_se_pct": 100.0 * se(d_exact),
+            "only_a_exact": int((d_exact < 0).sum()), "only_b_exact": int((d_exact > 0).sum()),
+            "conflicts_diff": float(d_conf.mean()), "conflicts_diff_se": se(d_conf)}
+
+
+def _verdict(diff: float, se: float, relation: str, z: float) -> str:
+    if diff > z * se:
+        return "holds"
+    if diff < -z * se:
+        return "reversed"
+    return f"unresolved (within {z:g} SE)" if relation == "<" else f"not contradicted (within {z:g} SE)"
+
+
+def ablation_ordering(finals: dict, solution, z: float = 2.0) -> list:
+    """The published ordering's relations (``ORDERING``) between the systems in ``finals``
+    (``{name: final boards [N, 81]}``), each a :func:`paired_difference` (b minus a) with a verdict
+    on exact: ``holds`` (b ahead by more than ``z`` paired SE), ``reversed`` (behind by more), else
+    unresolved (``<``) or not contradicted (``<=``)."""
+    out = []
+    for a, b, relation in ORDERING:
+        if a in finals and b in finals:
+            d = paired_difference(finals[a], finals[b], solution)
+            d.update(a=a, b=b, relation=relation, verdict=_verdict(d["exact_diff_pct"], d["exact_diff_se_pct"], relation, z))
+            out.append(d)
+    return out
+
+
+def ordering_table(relations: list, titles: dict | None = None) -> str:
+    """:func:`ablation_ordering` as a markdown table."""
+    t = titles or {}
+    lines = ["| published relation (exact) | exact difference, points (paired SE) | boards only the left / right "
+             "solves | conflict cells / board difference (paired SE) | verdict |", "|---|---|---|---|---|"]
+    for r in relations:
+        lines.append(f"| {t.get(r['a'], r['a'])} {r['relation']} {t.get(r['b'], r['b'])} | "
+                     f"{r['exact_diff_pct']:+.1f} ({r['exact_diff_se_pct']:.1f}) | {r['only_a_exact']} / "
+                     f"{r['only_b_exact']} | {r['conflicts_diff']:+.3f} ({r['conflicts_diff_se']:.3f}) | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+__all__ = ["COLUMNS", "ORDERING", "ablation_ordering", "board_metrics", "markdown_table", "ordering_table",
+           "paired_difference"]
