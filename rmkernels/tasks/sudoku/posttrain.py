@@ -32,12 +32,13 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from rmkernels.history import HistoryNorm
-from rmkernels.tasks.sudoku.checkpoint import load_checkpoint, save_checkpoint
+from rmkernels.tasks.sudoku.checkpoint import _atomic_write, load_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.synth import SudokuRMData
@@ -97,11 +98,7 @@ def _claim_run_dir(out_dir: str, run: dict) -> None:
             raise ValueError(f"out_dir {out_dir} holds a run with other settings ({', '.join(diff)}); "
                              "use a new out_dir, or the same settings to resume it")
         return
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(run, f, indent=1)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))  # creates out_dir
 
 
 def variant_settings(variant: str, decay: float) -> dict:
@@ -210,7 +207,6 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         onpolicy.update(failed=states.frames.shape[0], states=len(states), seconds=round(time.time() - t_c, 1))
         log(json.dumps({"onpolicy": onpolicy}))
     val_c, val_s = make_boards("val", cfg.val_boards, cfg.data_seed)
-    os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     t0 = time.time()
 
