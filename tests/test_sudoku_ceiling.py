@@ -65,6 +65,34 @@ def test_unique_tie_and_closer_boards(seed):
     assert summary["ceiling_exact_pct"] == pytest.approx(100 * alt.best_exact.mean())
 
 
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_anchored_labels_keep_the_stopped_state_earliest_digits(seed):
+    # a decoder stopped halfway between two grids (half the rectangle swapped): both are 2 cells from
+    # where it stopped; the anchored label keeps its digits at the earliest of the cells they differ
+    # in (row r1, p and q) and clears the later ones, whichever grid that is
+    s, (p, q, r, t) = _grid_with_rectangle(seed)
+    swapped = s.copy()
+    swapped[[p, q, r, t]] = s[[q, p, t, r]]
+    upper = s.copy()
+    upper[[p, q]] = swapped[[p, q]]  # row r1 as in `swapped`: the label is `swapped`
+    lower = s.copy()
+    lower[[r, t]] = swapped[[r, t]]  # row r2 as in `swapped`: the label is `s`
+    boards, sols = np.stack([upper, lower]), np.stack([s, s])
+    labels, changed = canonical_solutions(boards, sols, anchor=boards)
+    for j, want in ((0, swapped), (1, s)):
+        near, grids = nearest_grids(boards[j], s)
+        if len(grids) == 1:  # no third grid as near: the rule picks exactly this one
+            assert labels[j].tolist() == want.tolist()
+        assert bool(is_valid(labels[j][None]).all()) and int((labels[j] != boards[j]).sum()) == 2
+        assert labels[j][min(p, q)] == boards[j][min(p, q)]
+    assert changed == int((labels != sols).any(1).sum())
+    # the anchor decides, not the input: anchoring the `upper` input at `lower` gives `s`
+    lab, _ = canonical_solutions(upper[None], s[None], anchor=lower[None])
+    assert lab[0][min(p, q)] == lower[min(p, q)]
+    with pytest.raises(ValueError, match="anchor"):
+        canonical_solutions(boards, sols, anchor=boards[:1])
+
 def test_summary_arithmetic():
     alt = Alternatives(np.array([5, 5, 5, 5]), np.array([-1, 5, 5, 3]), np.array([0, 1, 3, 2]))
     assert alt.kind.tolist() == [UNIQUE, TIE, TIE, CLOSER]

@@ -143,11 +143,11 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
                       log=lambda s: None)
     onpolicy = load_checkpoint(mixed)[2]["onpolicy"]  # a 2-step base fails every board: all 4 kept
     assert onpolicy["boards"] == 4 and onpolicy["failed"] == 4 and onpolicy["states"] >= 4
-    if importlib.util.find_spec("ortools") is not None:  # labels from the nearest grids instead
-        canon = posttrain("full", base, str(tmp_path / "full4"), replace(cfg, init=first, onpolicy_boards=4,
-                          onpolicy_rows=2, onpolicy_labels="canonical"), log=lambda s: None)
+    for labels in ("canonical", "anchored") if importlib.util.find_spec("ortools") else ():  # nearest grids instead
+        canon = posttrain("full", base, str(tmp_path / f"full4_{labels}"), replace(cfg, init=first, onpolicy_boards=4,
+                          onpolicy_rows=2, onpolicy_labels=labels), log=lambda s: None)
         onpolicy = load_checkpoint(canon)[2]["onpolicy"]
-        assert onpolicy["labels"] == "canonical" and 0 <= onpolicy["relabelled"] <= 4 and onpolicy["failed"] == 4
+        assert onpolicy["labels"] == labels and 0 <= onpolicy["relabelled"] <= 4 and onpolicy["failed"] == 4
     # a directory that holds another run is refused (the trainer would resume from its checkpoints)
     with pytest.raises(ValueError, match="full2 holds a run with other settings \\(init, keep_weight"):
         posttrain("full", base, str(tmp_path / "full2"), cfg, log=lambda s: None)

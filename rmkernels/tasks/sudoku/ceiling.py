@@ -111,18 +111,33 @@ def nearest_grids(board, solution, *, workers: int = 1) -> tuple[int, list]:
     return nearest, grids
 
 
-def canonical_solutions(corrupted, solution) -> tuple[np.ndarray, int]:
-    """``(labels [N, 81], changed)``: per board, the lexicographically smallest of the valid grids
-    nearest to the corrupted board (the solution included when no other grid is nearer), and how
-    many rows differ from ``solution``. On a tied board this is one consistent answer in place of a
-    coin flip; training on it lets a model commit instead of stalling between the grids."""
+def canonical_solutions(corrupted, solution, anchor=None) -> tuple[np.ndarray, int]:
+    """``(labels [N, 81], changed)``: per board, one of the valid grids nearest to the corrupted
+    board (the solution included when no other grid is nearer), and how many rows differ from
+    ``solution``. On a tied board this is one consistent answer in place of a coin flip; training
+    on it lets a model commit instead of stalling between the grids.
+
+    Without ``anchor`` the label is the lexicographically smallest of those grids. With ``anchor``
+    (``[N, 81]`` digit ids, e.g. the state a decoder stopped in) it is the one nearest the anchor,
+    and among equally near ones the grid that keeps the anchor's digits at the earliest cells where
+    they differ: a rule a model can read off the board it is looking at ("of two clashing digits
+    that could each be the wrong one, clear the later"), where the smallest grid needs the digits
+    of a grid it has not written."""
     c, s = np.asarray(corrupted), np.asarray(solution)
+    a = None if anchor is None else np.asarray(anchor)
+    if a is not None and a.shape != c.shape:
+        raise ValueError(f"anchor must have the shape of corrupted {c.shape}, got {a.shape}")
     out = s.copy()
     for j in range(len(s)):
         near, grids = nearest_grids(c[j], s[j])
         if grids:
             k = int((c[j] != s[j]).sum())
-            out[j] = min(grids + ([tuple(s[j].tolist())] if near == k else []))
+            grids = grids + ([tuple(s[j].tolist())] if near == k else [])
+            if a is None:
+                out[j] = min(grids)
+            else:
+                keep = a[j].tolist()
+                out[j] = min(grids, key=lambda g: (sum(x != y for x, y in zip(g, keep)), [x != y for x, y in zip(g, keep)]))
     return out, int((out != s).any(1).sum())
 
 

@@ -44,6 +44,7 @@ from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_gri
 from rmkernels.tasks.sudoku.synth import SudokuRMData
 
 HISTORY_STEPS = 6
+ONPOLICY_LABELS = ("solution", "canonical", "anchored")
 VARIANTS = {  # name -> (history_steps, use decay, rotate)
     "rm": (0, False, False),
     "rm_hist": (HISTORY_STEPS, False, False),
@@ -79,8 +80,9 @@ class PostTrainConfig:
     init: str = ""  # start from this checkpoint of the same variant (model + HER norm) instead of the base
     onpolicy_boards: int = 0  # decode this many train-split boards with the init model; mix in its failed states
     onpolicy_rows: int = 16  # rows of each batch that are such states (rmkernels.tasks.sudoku.onpolicy)
-    # labels of those states: "solution" (the generator's) or "canonical" (the smallest of the valid grids
-    # nearest to the input, rmkernels.tasks.sudoku.ceiling.canonical_solutions; needs ortools)
+    # labels of those states: "solution" (the generator's), "canonical" (the smallest of the valid grids
+    # nearest to the input) or "anchored" (of those grids, the one nearest the state the decoder stopped in,
+    # ties to the grid keeping its earliest digits); rmkernels.tasks.sudoku.ceiling.canonical_solutions, needs ortools
     onpolicy_labels: str = "solution"
 
 
@@ -156,8 +158,8 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     if cfg.onpolicy_boards < 0 or (cfg.onpolicy_boards and not 1 <= cfg.onpolicy_rows < cfg.batch_size):
         raise ValueError(f"onpolicy_boards must be >= 0 and onpolicy_rows in [1, batch_size), got "
                          f"{cfg.onpolicy_boards} and {cfg.onpolicy_rows} (batch_size {cfg.batch_size})")
-    if cfg.onpolicy_labels not in ("solution", "canonical"):
-        raise ValueError(f"onpolicy_labels must be 'solution' or 'canonical', got {cfg.onpolicy_labels!r}")
+    if cfg.onpolicy_labels not in ONPOLICY_LABELS:
+        raise ValueError(f"onpolicy_labels must be one of {ONPOLICY_LABELS}, got {cfg.onpolicy_labels!r}")
     if cfg.onpolicy_boards and not cfg.init:
         raise ValueError("onpolicy_boards needs init: the states come from decoding with a trained variant")
     base, _, base_meta = load_checkpoint(base_path)
@@ -196,12 +198,13 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         oc, os_ = make_boards("train", cfg.onpolicy_boards, cfg.data_seed + 1, pool_size=1024)
         onpolicy = {"boards": cfg.onpolicy_boards, "labels": cfg.onpolicy_labels}
         states = collect_states(model, norm, settings, oc, os_, cfg.kernels)
-        if cfg.onpolicy_labels == "canonical":
+        if cfg.onpolicy_labels != "solution":
             # only boards that end invalid are kept, and an invalid final differs from every valid
             # grid: which boards are kept does not depend on the labels, so only theirs are searched
             from rmkernels.tasks.sudoku.ceiling import canonical_solutions
 
-            gold, onpolicy["relabelled"] = canonical_solutions(states.frames[:, 0].numpy(), states.gold.numpy())
+            anchor = states.frames[:, -1].numpy() if cfg.onpolicy_labels == "anchored" else None  # [F, 81] final states
+            gold, onpolicy["relabelled"] = canonical_solutions(states.frames[:, 0].numpy(), states.gold.numpy(), anchor)
             states.gold = torch.from_numpy(gold).long()
         data = OnPolicyMix(data, states, cfg.onpolicy_rows, seed=cfg.seed)
         onpolicy.update(failed=states.frames.shape[0], states=len(states), seconds=round(time.time() - t_c, 1))
