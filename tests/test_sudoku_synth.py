@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from rmkernels.tasks.sudoku.grids import MASK_ID, sample_grids, seed_grids
+from rmkernels.tasks.sudoku.grids import MASK_ID, is_valid, sample_grids, seed_grids
 
 training = pytest.importorskip("rmkernels.training")
-from rmkernels.tasks.sudoku.synth import CLOSE_PEERS, PEERS, SudokuRMData, add_decoder_mistakes  # noqa: E402
+from rmkernels.tasks.sudoku.synth import CLOSE_PEERS, PEERS, SudokuRMData, add_decoder_mistakes, rectangle_partner  # noqa: E402
 
 
 def _targets(n=96, seed=0):
@@ -52,7 +52,8 @@ def test_mistakes_follow_the_extended_transition_rules(frames):
     cfg = _config(frames)
     traj = training.build_trajectories(t, torch.ones_like(t, dtype=torch.bool), None, MASK_ID, cfg, seed=11,
                                        vocab_size=10)
-    edited = add_decoder_mistakes(traj, t, np.random.default_rng(0), pair_prob=1.0, wrong_reveal_prob=1.0)
+    edited, gold = add_decoder_mistakes(traj, t, np.random.default_rng(0), pair_prob=1.0, wrong_reveal_prob=1.0)
+    assert torch.equal(gold, t)  # the generator's grids stay the labels unless pair_labels="anchored"
     assert edited.shape == traj.frames.shape and torch.equal(edited[:, -1], t)
     seen, swaps = set(), 0
     for b in range(t.shape[0]):
@@ -65,8 +66,48 @@ def test_mistakes_follow_the_extended_transition_rules(frames):
             swaps += sum(CLOSE_PEERS[x, y] and f[k, x] == g[y] and f[k, y] == g[x] for x in wrong for y in wrong if x < y)
     assert seen <= {"G", "WMG", "MG", "MWMG"} and "MWMG" in seen and "WMG" in seen
     assert swaps > 0
-    unchanged = add_decoder_mistakes(traj, t, np.random.default_rng(0), 0.0, 0.0)
-    assert torch.equal(unchanged, traj.frames)
+    unchanged, gold = add_decoder_mistakes(traj, t, np.random.default_rng(0), 0.0, 0.0)
+    assert torch.equal(unchanged, traj.frames) and torch.equal(gold, t)
+
+
+def test_rectangle_partner_finds_swappable_rectangles():
+    t = _targets(64).numpy()
+    found = 0
+    for g in t:
+        for x in range(81):
+            for y in range(x + 1, 81):
+                if not PEERS[x, y]:
+                    continue
+                other = rectangle_partner(g, x, y)
+                if other is None:
+                    continue
+                found += 1
+                b = g.copy()
+                b[[x, y, *other]] = g[[y, x, other[1], other[0]]]
+                assert bool(is_valid(torch.from_numpy(np.stack([g, b]))).all()) and int((b != g).sum()) == 4
+    assert found > 0
+
+
+@pytest.mark.parametrize("frames", [6, 8])
+def test_anchored_pair_labels_keep_the_earliest_digits(frames):
+    # a swapped pair that is half of a swappable rectangle is as near the other grid as the gold one;
+    # anchored, the target is the grid that keeps the shown digits at the earliest of the 4 cells
+    t = _targets(96)
+    cfg = _config(frames)
+    traj = training.build_trajectories(t, torch.ones_like(t, dtype=torch.bool), None, MASK_ID, cfg, seed=3,
+                                       vocab_size=10)
+    plain, _ = add_decoder_mistakes(traj, t, np.random.default_rng(4), 1.0, 0.0)
+    edited, gold = add_decoder_mistakes(traj, t, np.random.default_rng(4), 1.0, 0.0, pair_labels="anchored")
+    assert bool(is_valid(gold).all()) and torch.equal(edited[:, -1], gold)
+    moved = (gold != t).any(1)
+    assert moved.any() and torch.equal(edited[~moved], plain[~moved])
+    for b in moved.nonzero()[:, 0].tolist():
+        diff = (gold[b] != t[b]).nonzero()[:, 0].tolist()
+        assert len(diff) % 4 == 0  # whole rectangles
+        first = min(diff)  # the earliest cell of the rectangle is in the swapped pair: its digit is kept
+        assert plain[b, 0, first] != t[b, first] and edited[b, 0, first] == gold[b, first]
+        for x in range(81):  # the transition rules hold against the new target
+            assert _pattern(edited[b, :, x].tolist(), int(gold[b, x])) in {"G", "WMG", "MG", "MWMG"}
 
 
 def test_labels_of_wrong_reveals_are_the_mask():

@@ -65,6 +65,9 @@ class PostTrainConfig:
     wrong_fraction: float = 0.9  # eval boards start all-wrong (up to 20 wrong digits): mostly wrong noise, some masked
     pair_prob: float = 0.5  # decoder-mistake synthesis (rmkernels.tasks.sudoku.synth); 0 and 0 = SPEC §4 only
     wrong_reveal_prob: float = 0.5
+    # labels of a synthesized swapped pair that is half of a swappable rectangle: "solution" (the generator's
+    # grid, a coin flip between two equally near grids) or "anchored" (rmkernels.tasks.sudoku.synth)
+    pair_labels: str = "solution"
     topk: int = 8
     frames: int = 6
     seed: int = 0
@@ -189,7 +192,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     # uniform either way, so the base forward is skipped (same distribution, ~25% less compute)
     proposer = base if cfg.topk < DIGITS - 1 else None
     data = SudokuRMData(targets, synth, base_model=proposer, seed=cfg.seed, pair_prob=cfg.pair_prob,
-                        wrong_reveal_prob=cfg.wrong_reveal_prob)
+                        wrong_reveal_prob=cfg.wrong_reveal_prob, pair_labels=cfg.pair_labels)
     onpolicy = None
     if cfg.onpolicy_boards > 0:
         from rmkernels.tasks.sudoku.onpolicy import OnPolicyMix, collect_states
