@@ -65,7 +65,6 @@ def test_unique_tie_and_closer_boards(seed):
     assert summary["ceiling_exact_pct"] == pytest.approx(100 * alt.best_exact.mean())
 
 
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_anchored_labels_keep_the_stopped_state_earliest_digits(seed):
     # a decoder stopped halfway between two grids (half the rectangle swapped): both are 2 cells from
@@ -92,6 +91,7 @@ def test_anchored_labels_keep_the_stopped_state_earliest_digits(seed):
     assert lab[0][min(p, q)] == lower[min(p, q)]
     with pytest.raises(ValueError, match="anchor"):
         canonical_solutions(boards, sols, anchor=boards[:1])
+
 
 def test_summary_arithmetic():
     alt = Alternatives(np.array([5, 5, 5, 5]), np.array([-1, 5, 5, 3]), np.array([0, 1, 3, 2]))

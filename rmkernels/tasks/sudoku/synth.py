@@ -56,13 +56,9 @@ def rectangle_partner(grid: np.ndarray, x: int, y: int):
     else:  # box peers only: no rectangle
         return None
     for x2, y2 in cands:
-        if grid[x2] == grid[y] and grid[y2] == grid[x] and len({_box(v) for v in (x, y, x2, y2)}) == 2:
+        if grid[x2] == grid[y] and grid[y2] == grid[x] and len({CELL_UNITS[v, 2] for v in (x, y, x2, y2)}) == 2:
             return x2, y2
     return None
-
-
-def _box(cell: int) -> int:
-    return 3 * (cell // 27) + (cell % 9) // 3
 
 
 def add_decoder_mistakes(traj, gold: torch.Tensor, rng: np.random.Generator, pair_prob: float,
@@ -115,8 +111,7 @@ def _anchor_rectangles(frames, g, kind, mask_at, reveal_at, partner) -> None:
             continue  # earliest cell in the other half: its digits stay, the gold grid is the label
         x2, y2 = other
         ax, ay = g[x], g[y]
-        for cell, src in ((x2, x), (y2, y)):  # the other half: wrong (gold's digit) -> M -> its new digit
-            frames[: mask_at[src], cell] = g[cell]
+        for cell, src in ((x2, x), (y2, y)):  # the other half (clean: gold's digit) -> M -> its new digit
             frames[mask_at[src] : reveal_at[src], cell] = MASK_ID
         g[x], g[y], g[x2], g[y2] = ay, ax, ax, ay  # the other grid; the pair now shows its digits
         frames[:, x], frames[:, y] = ay, ax
