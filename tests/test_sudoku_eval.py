@@ -139,12 +139,14 @@ def test_shipped_full_model_beats_both_baselines_on_100_boards():
     for name in ("base_no_remask", "base_conf_remask"):
         assert full["exact_pct"] > res[name]["exact_pct"] + 20
         assert full["conflicts_per_board"] < res[name]["conflicts_per_board"]
-    # shipped model (stage 1 + 4000 steps at w_keep 8) on all 1000 boards: exact 89.7, conflicts 0.229,
-    # replay 0.04 %, wrong-digit replay 0 (the first-stage model, before the keep-weighted stage: replay 1.26 %)
+    # shipped model (anchored pair labels; stage 1 + 4000 steps at w_keep 8) on all 1000 boards: exact 90.7,
+    # conflicts 0.210, replay 0.08 %, wrong-digit replay 0.02 % (a first-stage model, before the keep-weighted
+    # stages: replay 1.26 %)
     assert full["exact_pct"] >= 85 and full["conflicts_per_board"] < 0.5
     assert full["replay_pct"] < 0.5 and full["wrong_replay_pct"] < 0.3
     _, norm, meta = load_checkpoint(checkpoint_path("full"))
     assert norm is not None and meta["variant"] == "full" and meta["decode"]["history_rotate"]
+    assert meta["config"]["pair_labels"] == "anchored"  # the recipe the README's tables describe
     assert os.path.dirname(checkpoint_path("full")) == CHECKPOINT_DIR
 
 
