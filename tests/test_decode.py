@@ -77,6 +77,8 @@ GRID = [
     dict(reveal="topk", reveal_per_step=2, steps=12, sampler="low_confidence"),
     dict(reveal="topk", reveal_per_step=2, steps=12, sampler="confidence_remask", remask_threshold=0.2, max_remask=2),
     dict(reveal="threshold", reveal_threshold=0.95, steps=8, fill_remaining=True),
+    dict(reveal="all", steps=14, rescue_ratio=0.2, max_rescues=2, max_remask=3),
+    dict(reveal="topk", reveal_per_step=2, block_size=4, steps=16, rescue_ratio=0.1),
 ]
 HISTORY = [
     dict(history_steps=0),
@@ -155,6 +157,7 @@ def test_fast_equals_reference_hf_bert(hist):
 @pytest.mark.parametrize("cfg", [
     dict(steps=16, reveal_per_step=2, block_size=4, history_steps=3, history_decay=0.2),
     dict(steps=12, reveal="all", temperature=0.9, seed=5, history_steps=2, max_remask=2),
+    dict(steps=16, reveal_per_step=2, block_size=4, history_steps=2, rescue_ratio=0.4),
 ])
 def test_batch_invariance(cfg):
     """8 prompts of different lengths decoded together equal each decoded alone."""
@@ -231,6 +234,78 @@ def test_max_remask_holds(cap):
         assert out.steps.tolist() == [2 * cap + 1] * 2
 
 
+class DoubtRatioModel(torch.nn.Module):
+    """Predicts ``target [L]`` at masked positions; at a visible one, its own token and the mask with
+    ``p(mask) / p(token) = ratio [L]`` (< 1: the RM rule never re-masks), every other id about 0."""
+
+    def __init__(self, target, ratio):
+        super().__init__()
+        self.target, self.log_ratio = target, torch.log(ratio)
+        self.emb = torch.nn.Embedding(V, 4)
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None):
+        x = input_ids
+        masked = x == M
+        logits = torch.full((*x.shape, V), -30.0)
+        logits = logits.scatter(-1, torch.where(masked, self.target, x)[..., None], 0.0)
+        mask_logit = torch.where(masked, torch.tensor(-30.0), self.log_ratio.expand_as(x))
+        logits[..., M] = mask_logit
+        return logits
+
+
+@pytest.mark.parametrize("rescues", [0, 1, 2])
+def test_stuck_rescue_remasks_doubtful_tokens_at_a_fixed_point(rescues):
+    """A canvas the RM rule leaves alone (every p(mask) / p(token) < 1): each rescue re-masks exactly
+    the positions above ``rescue_ratio``, the next step reveals them, and after ``max_rescues`` the
+    row stops at its fixed point."""
+    target = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    ratio = torch.tensor([0.9, 0.05, 0.35, 0.1, 0.25, 0.29, 0.6, 0.01])
+    start = (target + 1) % M  # wrong everywhere; revealed positions become `target`
+    model = DoubtRatioModel(target, ratio)
+    rescued = ratio > 0.3
+    for impl in ("reference", "fast"):
+        out = generate(model, start.expand(3, 8).clone(), mask_id=M, reveal="all", steps=20, history_steps=0,
+                       rescue_ratio=0.3, max_rescues=rescues, record_trajectory=True, impl=impl, check_every=1)
+        expect = torch.where(rescued, target, start) if rescues else start
+        assert torch.equal(out.sequences, expect.expand(3, 8)), impl
+        assert out.steps.tolist() == [2 * rescues + 1] * 3  # (re-mask, reveal) per rescue, then the fixed point
+        stats = replay_statistics(out.trajectory, M)
+        assert stats.remasks.tolist() == [int(rescued.sum()) * rescues] * 3
+        assert torch.equal(out.trajectory[1][0], torch.where(rescued, M, start) if rescues else start)
+    # without a rescue the same canvas is a fixed point at once
+    out = generate(model, start[None], mask_id=M, reveal="all", steps=20, history_steps=0)
+    assert torch.equal(out.sequences[0], start) and out.steps.tolist() == [1]
+
+
+def test_stuck_rescue_counts_per_block():
+    """``max_rescues`` is per block: each block of a semi-autoregressive schedule gets its own."""
+    target = torch.tensor([3, 1, 4, 1, 5, 9])
+    model = DoubtRatioModel(target, torch.full((6,), 0.5))
+    for impl in ("reference", "fast"):
+        out = generate(model, torch.full((1, 6), M), mask_id=M, reveal="all", steps=30, block_size=3,
+                       history_steps=0, rescue_ratio=0.4, max_rescues=1, record_trajectory=True, impl=impl,
+                       check_every=1)
+        assert torch.equal(out.sequences[0], target)
+        stats = replay_statistics(out.trajectory, M)
+        # block 1: reveal, rescue (re-masks its 3), reveal, fixed point; block 2 re-masks block 1's and its own 3
+        assert stats.remasks.tolist() == [9], impl
+
+
+def test_stuck_rescue_is_exercised_by_the_grid():
+    """The fast-vs-reference grid cases with a rescue decode differently without it."""
+    cases = [i for i, c in enumerate(GRID) if c.get("rescue_ratio")]
+    assert cases
+    for case in cases:
+        model = tiny_model(1000 * case)
+        ids, am = prompts_batch(1000 * case)
+        on, off = (generate(model, ids, DecodeConfig(**{**GRID[case], "rescue_ratio": r}, history_steps=0), mask_id=M,
+                            attention_mask=am, gen_length=8) for r in (GRID[case]["rescue_ratio"], None))
+        assert not torch.equal(on.steps, off.steps), case
+
+
 def test_history_fifo_matches_hand_built_example():
     """Drive the fast decoder step by step and compare its FIFO with the states pushed by hand."""
     target = torch.tensor([3, 1, 4, 1, 5, 9])
@@ -271,6 +346,11 @@ def test_bad_input():
         (dict(suppress_tokens=(V + 4,)), "suppress_tokens"),
         (dict(gen_length=0), "gen_length"),
         (dict(impl="turbo"), "impl"),
+        (dict(rescue_ratio=0.0), "rescue_ratio"),
+        (dict(rescue_ratio=1.0), "rescue_ratio"),
+        (dict(rescue_ratio=0.5, sampler="low_confidence"), "rescue_ratio"),
+        (dict(rescue_ratio=0.5, remask=False), "rescue_ratio"),
+        (dict(rescue_ratio=0.5, max_rescues=-1), "max_rescues"),
     ]
     for override, msg in cases:
         kw = {**ok, **override}

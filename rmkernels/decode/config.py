@@ -22,6 +22,11 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
+    Stuck rescue (an extension of SPEC §2, off by default)
+        rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
+            reveal, no re-mask), it re-masks instead the visible editable positions with
+            ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
+        max_rescues : rescues per row and block.
     History Reference
         history_steps : H, states kept per sequence (0 = off). Needs a model with input embeddings.
         history_decay : lambda in ``w_d = exp(-lambda * (d - 1))``.
@@ -56,6 +61,8 @@ class DecodeConfig:
     remask: bool = True
     remask_interval: int = 1
     max_remask: int = -1
+    rescue_ratio: float | None = None
+    max_rescues: int = 1
     history_steps: int = 6
     history_decay: float = 0.0
     history_rotate: bool = True
@@ -90,6 +97,10 @@ class DecodeConfig:
         need(0.0 <= float(self.reveal_threshold) <= 1.0, "reveal_threshold", "in [0, 1]")
         need(is_int(self.remask_interval) and self.remask_interval >= 1, "remask_interval", "an int >= 1")
         need(is_int(self.max_remask) and self.max_remask >= -1, "max_remask", "-1 (no cap) or an int >= 0")
+        need(self.rescue_ratio is None or 0.0 < float(self.rescue_ratio) < 1.0, "rescue_ratio", "None or in (0, 1)")
+        need(is_int(self.max_rescues) and self.max_rescues >= 0, "max_rescues", "an int >= 0")
+        need(self.rescue_ratio is None or self.remask_rule == "rm", "rescue_ratio",
+             "None unless the sampler is 'rm' with remask on")
         need(is_int(self.history_steps) and self.history_steps >= 0, "history_steps", "an int >= 0")
         need(float(self.history_decay) >= 0.0, "history_decay", ">= 0")
         need(0.0 <= float(self.temperature) < float("inf"), "temperature", "a finite number >= 0")

@@ -28,6 +28,7 @@ class FastDecoder:
         self.remask_count = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.block = torch.zeros(B, dtype=torch.int64, device=dev)  # current block per row
         self.step_in_block = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.rescues = torch.zeros(B, dtype=torch.int64, device=dev)  # stuck rescues in the current block
         self.steps = torch.zeros(B, dtype=torch.int64, device=dev)  # steps taken per row
         self.finished = canvas.n_blocks == 0  # [B] bool
         self.bad_logits = torch.zeros((), dtype=torch.bool, device=dev)  # NaN / all -inf seen
@@ -37,6 +38,8 @@ class FastDecoder:
         )
         self.k = min(cfg.reveal_per_step, L)
         self.suppress_idx = torch.tensor(cfg.suppress_tokens, dtype=torch.int64, device=dev)
+        # compared in float32, as the reference; made here, not in a step (CUDA-graph capture)
+        self.rescue_ratio = torch.tensor(cfg.rescue_ratio or 0.0, dtype=torch.float32, device=dev)
 
     # ------------------------------------------------------------------------------------------
     def logits(self) -> torch.Tensor:  # [B, L, V]
@@ -88,6 +91,11 @@ class FastDecoder:
                 Q &= self.remask_count < cfg.max_remask
             doubt = st.mask_p > st.cur_p if rule == "rm" else st.cur_p < cfg.remask_threshold
             remask = Q & doubt
+            if cfg.rescue_ratio is not None:  # 2b. stuck rescue, at a fixed point of the rule
+                stuck = ~(reveal | remask).any(1) & (self.rescues < cfg.max_rescues)  # [B]
+                rescue = Q & (st.mask_p > self.rescue_ratio * st.cur_p) & stuck[:, None]
+                remask = remask | rescue
+                self.rescues += rescue.any(1)
         else:
             remask = torch.zeros_like(reveal)
 
@@ -102,12 +110,14 @@ class FastDecoder:
         block_done = active & (~changed | (self.step_in_block >= c.steps_per_block))
         self.block += block_done
         self.step_in_block.masked_fill_(block_done, 0)
+        self.rescues.masked_fill_(block_done, 0)
         self.finished |= self.block >= c.n_blocks
 
     # ------------------------------------------------------------------------------------------
     def _state(self):
         hist = [] if self.history is None else [self.history.ids, self.history.lengths]
-        return [self.x, self.remask_count, self.block, self.step_in_block, self.steps, self.finished, self.bad_logits, *hist]
+        return [self.x, self.remask_count, self.block, self.step_in_block, self.rescues, self.steps, self.finished,
+                self.bad_logits, *hist]
 
     def _graphed_step(self):
         """Capture :meth:`step` in a CUDA graph (state restored after the warm-up) and return its replay."""

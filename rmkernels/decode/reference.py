@@ -33,6 +33,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
     trajectory = [x.clone()]
     threshold = torch.tensor(cfg.reveal_threshold, dtype=torch.float32)  # compared in float32, as the fast path
     remask_threshold = torch.tensor(cfg.remask_threshold, dtype=torch.float32)
+    rescue_ratio = None if cfg.rescue_ratio is None else torch.tensor(cfg.rescue_ratio, dtype=torch.float32)
 
     def logits_now():  # [L, V] for the current canvas and history
         hist = None
@@ -45,6 +46,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
 
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
+        rescues = 0
         for _ in range(int(canvas.steps_per_block[b])):
             logits = logits_now()
             counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
@@ -71,17 +73,25 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
                 revealed = ranked
 
             # 2. reflective re-mask of visible editable tokens the model now doubts
-            remasked = []
+            remasked, doubtful = [], []  # doubtful: the positions a stuck rescue would re-mask
             if cfg.remask_rule is not None and step % cfg.remask_interval == 0:
                 for i in range(L):
                     capped = cfg.max_remask >= 0 and remask_count[i] >= cfg.max_remask
                     if editable[i] and x[i] != mask_id and not capped:
                         if cfg.remask_rule == "rm":
                             doubt = mask_p[i] > cur_p[i]
+                            if rescue_ratio is not None and mask_p[i] > rescue_ratio * cur_p[i]:
+                                doubtful.append(i)
                         else:  # "confidence": the token's own probability is low
                             doubt = cur_p[i] < remask_threshold
                         if doubt:
                             remasked.append(i)
+
+            # 2b. stuck rescue: at a fixed point, re-mask the doubtful positions instead (at most
+            # max_rescues times in a block)
+            if not revealed and not remasked and doubtful and rescues < cfg.max_rescues:
+                remasked = doubtful
+                rescues += 1
 
             # 3. apply both, from the same forward pass
             new_x = x.clone()

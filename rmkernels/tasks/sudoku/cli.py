@@ -61,7 +61,8 @@ def _cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     corrupted, solution = load_boards(args.boards, args.limit)
     system, loaded = _resolve_system(args)
-    kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels, remask_threshold=args.remask_threshold)
+    kw = dict(steps=args.steps, batch_size=args.batch_size, kernels=args.kernels, remask_threshold=args.remask_threshold,
+              rescue_ratio=args.rescue_ratio)
     alt = None
     ceiling = args.ceiling or (DEFAULT_CEILING if args.boards is None else None)
     if ceiling:
@@ -96,6 +97,7 @@ def _cmd_eval(args) -> int:
         print("\nthe published ablation ordering, paired over these boards (b minus a)\n\n" + order)
     if args.json:
         doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
+               "rescue_ratio": args.rescue_ratio,
                "wall_s": round(wall, 2), "threads": torch.get_num_threads(), "results": results,
                "ablation_ordering": ordering, "table": table}
         write_lines(args.json, [json.dumps(doc, indent=2)])
@@ -141,7 +143,7 @@ def _cmd_demo(args) -> int:
     system, loaded = _resolve_system(args)
     system = system or "full"
     model, norm, meta = loaded or load_checkpoint(checkpoint_path(system, args.checkpoint_dir))
-    cfg = decode_config(meta, BASELINES.get(system, "rm"), args.steps, args.remask_threshold)
+    cfg = decode_config(meta, BASELINES.get(system, "rm"), args.steps, args.remask_threshold, args.rescue_ratio)
     board = torch.as_tensor(corrupted[args.index : args.index + 1])
     _, _, traj = decode_boards(model, norm, board, cfg, kernels=args.kernels)
     wrong = int((corrupted[args.index] != solution[args.index]).sum())
@@ -149,6 +151,17 @@ def _cmd_demo(args) -> int:
              color=False if args.no_color else None,
              title=f"{TITLES.get(system, system)}: board {args.index}, {wrong} corrupted cells")
     return 0
+
+
+def _open_unit(text: str) -> float:
+    """argparse type: a float in (0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
+    return v
 
 
 def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
@@ -183,6 +196,9 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
         q.add_argument("--kernels", default="auto", help="impl of the decoder's ops (auto, reference, ...)")
         q.add_argument("--remask-threshold", type=float, default=DEFAULT_REMASK_THRESHOLD,
                        help="p(token) threshold of the base_conf_remask baseline")
+        q.add_argument("--rescue-ratio", type=_open_unit, default=None,
+                       help="stuck rescue of the RM decoder (off by default, not in SPEC): where a board "
+                            "reaches a fixed point, re-mask once the cells with p(M) > RATIO * p(token)")
 
     e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps")
     common(e)

@@ -51,14 +51,18 @@ def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
 
 
 def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS,
-                  remask_threshold: float = DEFAULT_REMASK_THRESHOLD):
-    """The decoding settings of a checkpoint: reveal every cell in parallel, its History Reference."""
+                  remask_threshold: float = DEFAULT_REMASK_THRESHOLD, rescue_ratio: float | None = None):
+    """The decoding settings of a checkpoint: reveal every cell in parallel, its History Reference.
+
+    ``rescue_ratio`` turns on the decoder's stuck rescue (:class:`rmkernels.DecodeConfig`) for the
+    RM sampler; the baselines ignore it."""
     from rmkernels.decode import DecodeConfig
 
     hist = meta.get("decode", {}) if sampler == "rm" else {}
     return DecodeConfig(
         steps=steps, block_size=None, reveal="all", remask=True, max_remask=-1, sampler=sampler,
-        remask_threshold=remask_threshold, history_steps=int(hist.get("history_steps", 0)),
+        remask_threshold=remask_threshold, rescue_ratio=rescue_ratio if sampler == "rm" else None,
+        history_steps=int(hist.get("history_steps", 0)),
         history_decay=float(hist.get("history_decay", 0.0)), history_rotate=bool(hist.get("history_rotate", False)),
         record_trajectory=True, check_every=1,
     )
@@ -85,7 +89,8 @@ def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size:
 
 def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None = None,
                     checkpoint_dir: str | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 128,
-                    kernels: str = "auto", remask_threshold: float = DEFAULT_REMASK_THRESHOLD, loaded=None):
+                    kernels: str = "auto", remask_threshold: float = DEFAULT_REMASK_THRESHOLD,
+                    rescue_ratio: float | None = None, loaded=None):
     """Decode and score one system; returns ``(metrics, final boards [N, 81])``.
 
     ``checkpoint`` overrides the shipped file; ``loaded`` is an already loaded
@@ -93,7 +98,7 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
     """
     sampler = BASELINES.get(system, "rm")
     model, norm, meta = loaded or load_checkpoint(checkpoint or checkpoint_path(system, checkpoint_dir))
-    cfg = decode_config(meta, sampler, steps, remask_threshold)
+    cfg = decode_config(meta, sampler, steps, remask_threshold, rescue_ratio)
     boards = torch.as_tensor(corrupted).long()
     t0 = time.perf_counter()
     final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels)
@@ -101,6 +106,8 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
     metrics.update(seconds=round(time.perf_counter() - t0, 2), sampler=sampler, checkpoint=meta.get("variant", "base"))
     if sampler == "confidence_remask":
         metrics["remask_threshold"] = remask_threshold
+    if cfg.rescue_ratio is not None:
+        metrics["rescue_ratio"] = cfg.rescue_ratio
     return metrics, final
 
 
