@@ -17,8 +17,8 @@ from rmkernels.cli import main  # noqa: E402
 from rmkernels.tasks.sudoku.checkpoint import load_checkpoint  # noqa: E402
 from rmkernels.tasks.sudoku.demo import render_frame, run_demo  # noqa: E402
 from rmkernels.tasks.sudoku.evaluate import (  # noqa: E402
-    CHECKPOINT_DIR, SYSTEMS, checkpoint_path, decode_boards, decode_config, evaluate_suite, evaluate_system,
-    load_boards)
+    BASELINES, CHECKPOINT_DIR, SYSTEMS, checkpoint_path, decode_boards, decode_config, evaluate_suite,
+    evaluate_system, load_boards)
 from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain  # noqa: E402
 from rmkernels.tasks.sudoku.train import PretrainConfig, pretrain  # noqa: E402
 
@@ -67,6 +67,25 @@ def test_decode_config_follows_the_checkpoint(tiny_dir):
     assert decode_config(meta, "low_confidence").history_steps == 0
     with pytest.raises(ValueError, match="variant"):
         checkpoint_path("best")
+    assert cfg.rescue_ratio is None  # the SPEC decoder unless asked
+    assert decode_config(meta, rescue_ratio=0.5).rescue_ratio == 0.5
+    assert decode_config(meta, "confidence_remask", rescue_ratio=0.5).rescue_ratio is None  # baselines ignore it
+
+
+def test_cli_eval_rescue_ratio(tiny_dir, tmp_path, capsys):
+    """--rescue-ratio reaches the RM decoder (recorded per system) and bad values are refused by name."""
+    corrupted, solution = make_boards("val", 5, seed=3)
+    boards, out_json = tmp_path / "b.txt", tmp_path / "m.json"
+    write_boards(str(boards), corrupted, solution)
+    args = ["sudoku", "eval", "--boards", str(boards), "--checkpoint-dir", tiny_dir, "--steps", "4", "--kernels", REF]
+    assert main(args + ["--rescue-ratio", "0.25", "--json", str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["rescue_ratio"] == 0.25
+    assert {k for k, r in doc["results"].items() if r.get("rescue_ratio") == 0.25} == set(SYSTEMS) - set(BASELINES)
+    for bad in ("0", "1", "-0.2", "x"):
+        with pytest.raises(SystemExit):
+            main(args + ["--rescue-ratio", bad])
+        assert "--rescue-ratio" in capsys.readouterr().err
 
 
 def test_no_remask_baseline_leaves_the_board_unchanged(tiny_dir):
