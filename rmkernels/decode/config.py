@@ -99,14 +99,14 @@ class DecodeConfig:
         need(is_int(self.max_remask) and self.max_remask >= -1, "max_remask", "-1 (no cap) or an int >= 0")
         need(self.rescue_ratio is None or 0.0 < float(self.rescue_ratio) < 1.0, "rescue_ratio", "None or in (0, 1)")
         need(is_int(self.max_rescues) and self.max_rescues >= 0, "max_rescues", "an int >= 0")
-        need(self.rescue_ratio is None or self.remask_rule == "rm", "rescue_ratio",
-             "None unless the sampler is 'rm' with remask on")
         need(is_int(self.history_steps) and self.history_steps >= 0, "history_steps", "an int >= 0")
         need(float(self.history_decay) >= 0.0, "history_decay", ">= 0")
         need(0.0 <= float(self.temperature) < float("inf"), "temperature", "a finite number >= 0")
         need(self.seed is None or is_int(self.seed), "seed", "None or an int")
         need(float(self.cfg_scale) >= 0.0, "cfg_scale", ">= 0")
         need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
+        need(self.rescue_ratio is None or self.remask_rule == "rm", "rescue_ratio",
+             "None unless the sampler is 'rm' with remask on")
         need(0.0 <= float(self.remask_threshold) <= 1.0, "remask_threshold", "in [0, 1]")
         need(is_int(self.check_every) and self.check_every >= 1, "check_every", "an int >= 1")
         return self
