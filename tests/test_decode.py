@@ -407,13 +407,14 @@ def test_render_trajectory_marks_reveals_remasks_and_replays():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("hist", [0, 2])
-def test_cuda_fast_equals_reference_and_graph_replay(hist):
+@pytest.mark.parametrize("hist,rescue", [(0, None), (2, None), (2, 0.1)])
+def test_cuda_fast_equals_reference_and_graph_replay(hist, rescue):
     model = tiny_model(5).cuda()
     norm = random_norm(32, 5).cuda()
     ids, am = prompts_batch(5)
     ids, am = ids.cuda(), am.cuda()
-    cfg = DecodeConfig(steps=16, reveal_per_step=2, block_size=4, record_trajectory=True, **HISTORY[hist])
+    cfg = DecodeConfig(steps=16, reveal_per_step=2, block_size=4, record_trajectory=True, rescue_ratio=rescue,
+                       **HISTORY[hist])
     ref = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm, impl="reference")
     fast = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm)
     graphed = generate(model, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, history_norm=norm, cuda_graph=True)
