@@ -7,13 +7,12 @@
 ``avg`` reads ``/tmp/big/val5000_s4242.txt`` (``rmk sudoku make-boards --split val --seed 4242 --n 5000``).
 """
 import dataclasses
-import json
 import sys
 
-import numpy as np
 import torch
 
 from rmkernels.decode.trajectory import replay_statistics
+from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, load_alternatives
 from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
 from rmkernels.tasks.sudoku.data import make_boards, read_boards
 from rmkernels.tasks.sudoku.evaluate import decode_boards, decode_config
@@ -58,13 +57,11 @@ def main(mode, path, arg=None):
             metrics, _ = run(loaded, corrupted, solution, max_remask=int(cap))
             print(path, "max_remask", cap, {k: round(metrics[k], 4) for k in KEYS})
         return
-    ceiling = json.load(open("results/sudoku/ceiling_val1000.json"))
-    dist, other = np.array(ceiling["distance"]), np.array(ceiling["nearest_other"])
-    kind = np.where((other < 0) | (other > dist), "unique", np.where(other == dist, "tie", "closer"))
+    kind = load_alternatives("results/sudoku/ceiling_val1000.json", corrupted, solution).kind
     _, traj = run(loaded, corrupted, solution)
     every = replay_statistics(traj, MASK_ID)
     wrong = replay_statistics(_hide_correct(traj, torch.as_tensor(solution)), MASK_ID)
-    for k in ("unique", "tie", "closer"):
+    for k in (UNIQUE, TIE, CLOSER):
         sel = torch.as_tensor(kind == k)
         print(f"{k}: {int(sel.sum())} boards, {int(every.reveals[sel].sum())} reveals, "
               f"{int(every.replays[sel].sum())} replays ({int(wrong.replays[sel].sum())} of a wrong digit) "
