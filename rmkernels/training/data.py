@@ -41,6 +41,7 @@ def atomic_write(path: str, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints and data ship as package files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

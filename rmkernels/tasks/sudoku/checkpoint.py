@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
 from rmkernels.history import HistoryNorm
 from rmkernels.models import TinyMDM, TinyMDMConfig
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints ship as package data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from rmkernels.training.data import atomic_write as _atomic_write
 
 
 def _stem(path: str) -> str:

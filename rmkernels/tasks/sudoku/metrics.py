@@ -21,6 +21,7 @@ import math
 import torch
 
 from rmkernels.decode.trajectory import replay_statistics
+from rmkernels.tasks.common import verdict as _verdict
 from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, is_valid
 
 COLUMNS = (
@@ -116,14 +117,6 @@ def paired_difference(final_a, final_b, solution) -> dict:
     return {"boards": n, "exact_diff_pct": 100.0 * float(d_exact.mean()), "exact_diff_se_pct": 100.0 * se(d_exact),
             "only_a_exact": int((d_exact < 0).sum()), "only_b_exact": int((d_exact > 0).sum()),
             "conflicts_diff": float(d_conf.mean()), "conflicts_diff_se": se(d_conf)}
-
-
-def _verdict(diff: float, se: float, relation: str, z: float) -> str:
-    if diff > z * se:
-        return "holds"
-    if diff < -z * se:
-        return "reversed"
-    return f"unresolved (within {z:g} SE)" if relation == "<" else f"not contradicted (within {z:g} SE)"
 
 
 def ablation_ordering(finals: dict, solution, z: float = 2.0) -> list:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -27,7 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from rmkernels.models import TinyMDM, TinyMDMConfig
-from rmkernels.tasks.sudoku.checkpoint import _atomic_write, export_checkpoint, save_checkpoint
+from rmkernels.tasks.common import add_dataclass_args as _add_dataclass_args
+from rmkernels.tasks.common import atomic_write as _atomic_write
+from rmkernels.tasks.common import lr_at
+from rmkernels.tasks.sudoku.checkpoint import export_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
@@ -53,14 +55,6 @@ class PretrainConfig:
     eval_every: int = 500
     ckpt_every: int = 500
     val_boards: int = 512
-
-
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
 def mask_batch(grids: np.ndarray, rng: np.random.Generator):
@@ -156,11 +150,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True) 
             save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta)
             _save_state(state_path, model, opt, done)
     return os.path.join(out_dir, "model.safetensors")
-
-
-def _add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
-    for name, field in cls.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default)
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
