@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         from rmkernels.tasks.sudoku.cli import add_sudoku_parser
 
         add_sudoku_parser(sub)
+    if importlib.util.find_spec("rmkernels.tasks.text") is not None:
+        from rmkernels.tasks.text.cli import add_text_parser
+
+        add_text_parser(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from rmkernels.decode.model import as_rm_model
 from rmkernels.ops.rm_loss import _check_weights, rm_loss
 from rmkernels.reference.loss import PART_IGNORE, PART_KEEP
 from rmkernels.training.data import atomic_write, global_batch_indices
@@ -144,6 +145,8 @@ class Trainer:
         self.dist = dist_info()
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        # calls the model as the decoder does: outputs with .logits (native / Hugging Face models) unwrapped
+        self._forward = as_rm_model(model, history_norm)
         self._check_setup()
         modules = [model] + ([history_norm] if history_norm is not None else [])
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -206,13 +209,13 @@ class Trainer:
         batch = batch.to(self.device)
         with self._autocast():
             if H == 0:
-                return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                return self._forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             embeds = self.history_norm(
                 self.model.get_input_embeddings().weight, batch.input_ids, batch.history_ids[:, :H].contiguous(),
                 batch.history_len.clamp(max=H), batch.token_mask,
                 decay=cfg.history_decay, rotate=cfg.history_rotate, impl=cfg.history_impl,
             )
-            return self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+            return self._forward(inputs_embeds=embeds, attention_mask=batch.attention_mask)
 
     def loss(self, batch: RMBatch):
         """``rm_loss`` of one batch with ``config.loss_weights`` (for evaluation hooks)."""

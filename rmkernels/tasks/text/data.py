@@ -1,16 +1,17 @@
 """Sequence layout of the arithmetic task: prompts, generation window, training batches.
 
-A row is ``<expression>=`` (the prompt, fixed while decoding) followed by a generation window of
-``GEN_LENGTH`` positions holding the work, ``<eos>``, then ``<pad>`` to the end of the window::
+Every row has the same 68 positions: the prompt ``<expression>=`` right-padded with ``<pad>`` to
+``PROMPT_WIDTH = 16`` tokens (fixed while decoding, attended), then a generation window of
+``GEN_LENGTH = 52`` positions holding the work, ``<eos>``, then ``<pad>`` to the end::
 
-    3 7 * 4 + 1 2 9 - 5 8 = | 3 7 * 4 = 1 4 8 ; ... # 2 1 9 <eos> <pad> ... <pad>
-    prompt (12)               generation window (52 positions, all generated)
+    3 7 * 4 + 1 2 9 - 5 8 = <pad> <pad> <pad> <pad> | 3 7 * 4 = 1 4 8 ; ... # 2 1 9 <eos> <pad> ... <pad>
+    prompt, padded to 16 positions                    generation window (52 positions, all generated)
 
-Every position of the window is generated: the model writes ``<eos>`` and the padding itself
-(as LLaDA does with its end-of-text tokens), so a decode has a fixed length and ``K`` revealed
-tokens per model call cover the window in ``ceil(52 / K)`` calls. Rows of a batch are laid out as
-:func:`rmkernels.generate` lays out prompts: left-aligned, the window right after each prompt,
-``<pad>`` after that, outside the attention mask.
+The fixed prompt width puts the work's first operand at a constant distance (16) from its copy in
+the prompt, which a model with relative (rotary) positions learns quickly, and makes every row
+the same length (no attention mask). Every position of the window is generated: the model writes
+``<eos>`` and the padding itself (as LLaDA does with its end-of-text tokens), so a decode has a
+fixed length and ``K`` revealed tokens per model call cover the window in ``ceil(52 / K)`` calls.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from rmkernels.tasks.text.problems import MAX_EXPRESSION_CHARS, MAX_WORK_CHARS, 
 from rmkernels.tasks.text.tokenizer import CHARS, EOS_ID, PAD_ID
 
 GEN_LENGTH = 52  # >= MAX_WORK_CHARS + 1 (<eos>); a multiple of 4
-MAX_PROMPT = MAX_EXPRESSION_CHARS + 1  # "<expression>="
-MAX_SEQ = MAX_PROMPT + GEN_LENGTH  # 68
+PROMPT_WIDTH = MAX_EXPRESSION_CHARS + 1  # "<expression>=" padded to 16 tokens
+MAX_SEQ = PROMPT_WIDTH + GEN_LENGTH  # 68
 assert GEN_LENGTH >= MAX_WORK_CHARS + 1
 
 _CHAR_ID = np.full(128, -1, dtype=np.int64)
@@ -37,9 +38,15 @@ def _ids(text: str) -> np.ndarray:
     return a
 
 
-def prompt_ids(expressions) -> list[np.ndarray]:
-    """``<expression>=`` ids of each expression."""
-    return [_ids(e + "=") for e in expressions]
+def prompt_ids(expressions) -> np.ndarray:
+    """``<expression>=`` ids of each expression, right-padded with ``<pad>``: ``[N, PROMPT_WIDTH]``."""
+    out = np.full((len(expressions), PROMPT_WIDTH), PAD_ID, dtype=np.int64)
+    for i, e in enumerate(expressions):
+        p = _ids(e + "=")
+        if len(p) > PROMPT_WIDTH:
+            raise ValueError(f"expression {e!r} is longer than {PROMPT_WIDTH - 1} characters")
+        out[i, : len(p)] = p
+    return out
 
 
 def target_ids(expressions) -> np.ndarray:
@@ -52,27 +59,13 @@ def target_ids(expressions) -> np.ndarray:
     return out
 
 
-def layout(prompts, windows: np.ndarray):
-    """Rows ``[prompt, window, <pad>...]`` of a batch: ``(ids [N, L], gen_mask [N, L], attention_mask [N, L])``
-    as torch tensors, ``L`` = the longest prompt + ``GEN_LENGTH``."""
-    n = len(prompts)
-    lens = np.array([len(p) for p in prompts])
-    L = int(lens.max()) + windows.shape[1]
-    ids = np.full((n, L), PAD_ID, dtype=np.int64)
-    gen = np.zeros((n, L), dtype=bool)
-    att = np.zeros((n, L), dtype=bool)
-    for i, p in enumerate(prompts):
-        k = len(p)
-        ids[i, :k] = p
-        ids[i, k : k + windows.shape[1]] = windows[i]
-        gen[i, k : k + windows.shape[1]] = True
-        att[i, : k + windows.shape[1]] = True
-    return torch.from_numpy(ids), torch.from_numpy(gen), torch.from_numpy(att)
-
-
 def full_rows(expressions):
-    """Gold rows of ``expressions``: ``(ids, gen_mask, attention_mask)`` (see :func:`layout`)."""
-    return layout(prompt_ids(expressions), target_ids(expressions))
+    """Gold rows of ``expressions``: ``(ids [N, MAX_SEQ], gen_mask [N, MAX_SEQ])`` as torch tensors
+    (``gen_mask`` marks the generation window)."""
+    ids = np.concatenate([prompt_ids(expressions), target_ids(expressions)], 1)
+    gen = np.zeros(ids.shape, dtype=bool)
+    gen[:, PROMPT_WIDTH:] = True
+    return torch.from_numpy(ids), torch.from_numpy(gen)
 
 
-__all__ = ["GEN_LENGTH", "MAX_PROMPT", "MAX_SEQ", "full_rows", "layout", "prompt_ids", "target_ids"]
+__all__ = ["GEN_LENGTH", "MAX_SEQ", "PROMPT_WIDTH", "full_rows", "prompt_ids", "target_ids"]
