@@ -112,8 +112,11 @@ def _run_stats(impl, inp):
     return rm_stats(inp["logits"], inp["tokens"], 7, temperature=0.8, seed=11, offset=inp["offset"], impl=impl)
 
 
+STATS_ARGS = {"logits": 3, "tokens": 2, "offset": 2}
+
+
 @pytest.mark.parametrize("impl", STATS_IMPLS)
-@pytest.mark.parametrize("arg,kind", cases({"logits": 3, "tokens": 2, "offset": 2}))
+@pytest.mark.parametrize("arg,kind", cases(STATS_ARGS))
 def test_rm_stats_strided(arg, kind, impl):
     inp = _stats_inputs()
     want = _expected(("rm_stats", impl), lambda: _run_stats(impl, inp))
@@ -144,8 +147,11 @@ def _run_loss(impl, inp):
     return [*out, grad]
 
 
+LOSS_ARGS = {"logits": 3, "labels": 2, "part": 2}
+
+
 @pytest.mark.parametrize("impl", LOSS_IMPLS)
-@pytest.mark.parametrize("arg,kind", cases({"logits": 3, "labels": 2, "part": 2}))
+@pytest.mark.parametrize("arg,kind", cases(LOSS_ARGS))
 def test_rm_loss_strided(arg, kind, impl):
     inp = _loss_inputs()
     want = _expected(("rm_loss", impl), lambda: _run_loss(impl, inp))
@@ -176,8 +182,11 @@ def _run_linear(impl, inp):
     return [*out, *grads]
 
 
+LINEAR_ARGS = {"hidden": 3, "lm_weight": 2, "lm_bias": 1, "labels": 2, "part": 2}
+
+
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-@pytest.mark.parametrize("arg,kind", cases({"hidden": 3, "lm_weight": 2, "lm_bias": 1, "labels": 2, "part": 2}))
+@pytest.mark.parametrize("arg,kind", cases(LINEAR_ARGS))
 def test_rm_linear_loss_strided(arg, kind, impl):
     inp = _linear_inputs()
     want = _expected(("rm_linear_loss", impl), lambda: _run_linear(impl, inp))
@@ -213,12 +222,36 @@ def _run_he(impl, inp):
     return [out, *grads]
 
 
+HE_ARGS = {"weight": 2, "input_ids": 2, "history_ids": 3, "history_len": 1, "token_mask": 2, "ln_weight": 1,
+           "ln_bias": 1}
+
+
 @pytest.mark.parametrize("impl", HE_IMPLS)
-@pytest.mark.parametrize("arg,kind", cases({"weight": 2, "input_ids": 2, "history_ids": 3, "history_len": 1,
-                                            "token_mask": 2, "ln_weight": 1, "ln_bias": 1}))
+@pytest.mark.parametrize("arg,kind", cases(HE_ARGS))
 def test_history_embed_strided(arg, kind, impl):
     inp = _he_inputs()
     want = _expected(("history_embed", impl), lambda: _run_he(impl, inp))
     got = _run_he(impl, {**inp, arg: relayout(inp[arg], kind)})
     for name, a, b in zip(("out", "d_weight", "d_ln_weight", "d_ln_bias"), got, want):
         assert_same(a, b, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# the same cases on a GPU (run by benchmarks/gpu.sh: pytest -m cuda)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+def test_every_case_on_cuda():
+    assert DEV == "cuda"
+    for impl in STATS_IMPLS:
+        for arg, kind in cases(STATS_ARGS):
+            test_rm_stats_strided(arg, kind, impl)
+    for impl in LOSS_IMPLS:
+        for arg, kind in cases(LOSS_ARGS):
+            test_rm_loss_strided(arg, kind, impl)
+    for impl in ("triton", "torch"):
+        for arg, kind in cases(LINEAR_ARGS):
+            test_rm_linear_loss_strided(arg, kind, impl)
+    assert "ext" in HE_IMPLS, "rmkernels._C has no CUDA kernels"
+    for impl in HE_IMPLS:
+        for arg, kind in cases(HE_ARGS):
+            test_history_embed_strided(arg, kind, impl)
