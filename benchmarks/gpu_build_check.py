@@ -18,6 +18,18 @@ from _gpu_common import DEV, Results, device_info, parse_args  # noqa: E402
 import torch  # noqa: E402
 
 KEYS = ("CPU", "CUDA", "CompositeExplicitAutograd", "Meta", "Autograd")
+# what later GPU scripts and the CUDA tests may need (the lent machine has no network to install any)
+OPTIONAL = ("numpy", "pytest", "hypothesis", "safetensors", "transformers", "flash-attn", "flash_attn", "ninja",
+            "setuptools", "ortools")
+
+
+def _version(pkg: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def dispatch_keys(op: str) -> list[str]:
@@ -44,6 +56,7 @@ def main():
     meta["extension"] = _ext._C.__file__ if _ext._C is not None else f"not loaded: {_ext._C_ERROR}"
     meta["extension_cpu"] = _ext.extension_available("cpu")
     meta["extension_cuda"] = _ext.extension_available("cuda") if DEV == "cuda" else "n/a (dry run)"
+    meta["packages"] = {pkg: _version(pkg) for pkg in OPTIONAL}
     ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("rmkernels::"))
     res = Results(args.out, "build", meta, ["op", "kernels"] + list(KEYS) + ["other keys"])
     for op in ops:
@@ -53,6 +66,7 @@ def main():
                  "other keys": ", ".join(k for k in keys if k not in KEYS)})
     ok = meta["extension_cpu"] and (DEV != "cuda" or meta["extension_cuda"])
     res.note(f"extension usable on CPU: {meta['extension_cpu']}; on CUDA: {meta['extension_cuda']}")
+    res.note("packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items()))
     if not ok:
         res.note("the extension is missing or has no CUDA kernels: ext ops fall back to the eager reference")
     sys.exit(0 if ok else 1)

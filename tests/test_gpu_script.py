@@ -66,6 +66,8 @@ def test_dry_run_writes_every_section(tmp_path):
     cols = data["sections"]["gpu_rm_stats"]["tables"]["rm_stats"]["columns"]
     assert {"GB/s", "copy_%", "speedup", "speedup_graph"} <= set(cols)
     assert "copy_GBps" in data["sections"]["gpu_rm_stats"]["tables"]["rm_stats"]["meta"]
+    # the 8B-shaped model is built directly on the device in bf16 (no fp32 copy on the host)
+    assert any("in bf16" in n for n in data["sections"]["gpu_decode"]["tables"]["decode"]["notes"])
     # every phase is timestamped in the log
     log = (out / "gpu.log").read_text()
     for name in names:
