@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rmkernels import DecodeConfig, HistoryNorm, generate
@@ -210,7 +209,7 @@ def test_llada_block_by_hand():
     v = (h @ b.v_proj.weight.T + b.v_proj.bias).view(2, 6, 2, 8).transpose(1, 2)
     pos = torch.arange(6.0)[:, None] * (1000.0 ** (-torch.arange(0, 8, 2) / 8.0))[None]  # [6, 4]
     c, s = torch.cat([pos, pos], -1).cos(), torch.cat([pos, pos], -1).sin()
-    rot = lambda z: z * c + torch.cat([-z[..., 4:], z[..., :4]], -1) * s  # noqa: E731
+    rot = lambda z: z * c + torch.cat([-z[..., 4:], z[..., :4]], -1) * s
     q, k = rot(q), rot(k)
     k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)  # head h uses K/V head h // 2
     att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), -1) @ v
