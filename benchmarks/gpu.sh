@@ -41,7 +41,7 @@ cd "$(dirname "$0")/.."
 # name               estimate_s  cap_s   (seconds on an H200, Triton compiles included)
 SECTIONS="
 build                90          240
-tests                100         180
+tests                110         200
 gpu_rm_stats         45          120
 gpu_history_embed    40          120
 gpu_rm_loss          60          150
