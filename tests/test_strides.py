@@ -54,10 +54,11 @@ def cases(args: dict) -> list:
     return [(a, k) for a, nd in args.items() for k in LAYOUTS if k != "transposed" or nd >= 2]
 
 
-def assert_same(a, b, name, exact_ints=True):
+def assert_same(a, b, name):
     assert a.shape == b.shape, name
     if a.dtype.is_floating_point:
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=name)
+        # loose enough for another BLAS algorithm on a transposed weight, far below a misread element
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
     else:
         assert torch.equal(a, b), name
 
