@@ -53,25 +53,47 @@ class PretrainConfig:
     ckpt_every: int = 100
     val_problems: int = 200
     val_seed: int = 7  # val expressions: generate_problems("val", val_problems, val_seed)
+    t_power: float = 1.0  # masking ratio t = u ** t_power, u ~ U(0, 1) (> 1: more rows with most of the work visible)
+    easy_fraction: float = 0.0  # share of training expressions whose operands have a uniform number of digits
+    init: str = ""  # start from this state.pt / checkpoint directory (model weights only)
+    stop_at: int = 0  # stop at this step (the schedule still spans `steps`); 0: run to `steps`
     kernels: str = "auto"  # impl of the decoder's ops in the val decodes
     max_minutes: float = 0.0  # stop after this much wall time in this invocation (0: no limit); resume later
 
 
-def train_expressions(n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` train-split expressions drawn from ``rng`` (val and test ones rejected by the hash rule)."""
+def easy_expression(rng: np.random.Generator) -> str:
+    """A task expression whose operands (other than the digits of ``*``) first draw their number of
+    digits uniformly from 1-3, then a value with that many digits: small numbers are as common as
+    large ones (a training mix; the test distribution is :func:`random_expression`'s)."""
+    from rmkernels.tasks.text.problems import MAX_OPERANDS, MIN_OPERANDS, MUL_DIGITS, OPS
+
+    def operand():
+        d = int(rng.integers(1, 4))
+        return int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10 ** d))
+
+    s = str(operand())
+    for _ in range(int(rng.integers(MIN_OPERANDS, MAX_OPERANDS + 1)) - 1):
+        op = OPS[int(rng.integers(0, 3))]
+        s += f"{op}{int(rng.integers(MUL_DIGITS[0], MUL_DIGITS[1] + 1)) if op == '*' else operand()}"
+    return s
+
+
+def train_expressions(n: int, rng: np.random.Generator, easy_fraction: float = 0.0) -> list[str]:
+    """``n`` train-split expressions drawn from ``rng`` (val and test ones rejected by the hash rule),
+    a share ``easy_fraction`` of them from :func:`easy_expression`."""
     out = []
     while len(out) < n:
-        e = random_expression(rng)
+        e = easy_expression(rng) if easy_fraction and rng.random() < easy_fraction else random_expression(rng)
         if split_of(e) == "train":
             out.append(e)
     return out
 
 
-def mdm_loss(model, expressions, rng: np.random.Generator, weighting: str = "token") -> torch.Tensor:
+def mdm_loss(model, expressions, rng: np.random.Generator, weighting: str = "token", t_power: float = 1.0) -> torch.Tensor:
     """The masked-diffusion loss of one batch (module docstring)."""
     ids, gen = full_rows(expressions)  # [B, L]
     B, L = ids.shape
-    t = torch.from_numpy(rng.random(B)).float()  # [B]
+    t = torch.from_numpy(rng.random(B) ** t_power).float()  # [B]
     u = torch.from_numpy(rng.random((B, L))).float()
     masked = gen & (u < t[:, None])
     masked[torch.arange(B), torch.from_numpy(rng.integers(PROMPT_WIDTH, L, size=B))] = True  # >= 1 per row
@@ -114,10 +136,15 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
     from rmkernels.tasks.text.problems import evaluate
 
     claim_run_dir(out_dir, {"stage": "base", "config": {k: v for k, v in asdict(cfg).items()
-                                                        if k not in ("max_minutes", "kernels")}})
+                                                        if k not in ("max_minutes", "kernels", "stop_at")}})
     torch.manual_seed(cfg.seed)
     model = new_model(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_heads,
                       mlp_hidden_size=cfg.mlp_hidden_size)
+    if cfg.init:
+        if os.path.isdir(cfg.init):
+            model.load_state_dict(load_checkpoint(cfg.init)[0].state_dict())
+        else:
+            model.load_state_dict(torch.load(cfg.init, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     state_path, start = os.path.join(out_dir, "state.pt"), 0
     if resume and os.path.exists(state_path):
@@ -127,7 +154,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
         start = state["step"]
         log(f"resumed from step {start}")
     ckpt = os.path.join(out_dir, "model")
-    if start >= cfg.steps and os.path.exists(os.path.join(ckpt, "config.json")):
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    if start >= end and os.path.exists(os.path.join(ckpt, "config.json")):
         return ckpt
     val = generate_problems("val", cfg.val_problems, cfg.val_seed)
     val_values = [evaluate(e) for e in val]
@@ -143,14 +171,15 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
     t0 = time.time()
     model.train()
     recent = []
-    bar = tqdm(total=cfg.steps, initial=start, desc="text base", dynamic_ncols=True, mininterval=10, disable=not progress)
+    bar = tqdm(total=end, initial=start, desc="text base", dynamic_ncols=True, mininterval=10, disable=not progress)
     step = start
     try:
-        for step in range(start, cfg.steps):
+        for step in range(start, end):
             rng = np.random.default_rng([cfg.seed, step])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            loss = mdm_loss(model, train_expressions(cfg.batch_size, rng), rng, cfg.weighting)
+            loss = mdm_loss(model, train_expressions(cfg.batch_size, rng, cfg.easy_fraction), rng, cfg.weighting,
+                            cfg.t_power)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -161,7 +190,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
             if done % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(recent[-20:]):.4f}")
             wall = wall_before + time.time() - t0
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if done % cfg.eval_every == 0 or done == end:
                 model.eval()
                 row = {"step": done, "loss": round(float(np.mean(recent)), 4), "lr": lr_at(step, cfg),
                        "wall_s": round(wall, 1), **val_stats(model, val, val_values, kernels=cfg.kernels)}
@@ -171,12 +200,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
                 log_line = json.dumps(row) + "\n"
                 with open(metrics_path, "a") as f:
                     f.write(log_line)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if done % cfg.ckpt_every == 0 or done == end:
                 _save_state(state_path, model, opt, done)
-                if done == cfg.steps:
+                if done == end:
                     meta.update(step=done, wall_s=round(wall, 1))
                     save_checkpoint(ckpt, model, meta)
-            if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes and done < cfg.steps:
+            if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes and done < end:
                 _save_state(state_path, model, opt, done)
                 log(f"stopped after {cfg.max_minutes} min at step {done}; run the same command to resume")
                 return None
