@@ -102,6 +102,18 @@ def test_answers_from_windows_stop_at_eos():
     assert answers_of(w) == ["219", "-8"]
 
 
+def test_consistent_work_checks_copies_not_arithmetic():
+    e = "37*4+129-58"
+    assert P.consistent_work(e, P.work(e))
+    assert P.consistent_work(e, "37*4=140;140+129=269;269-58=211;#211")  # wrong arithmetic, right copies
+    for bad in ("37*4=148;148+129=277;277-58=219;#218",  # answer is not the last result
+                "37*4=148;149+129=278;278-58=220;#220",  # left operand is not the previous result
+                "37*4=148;148+128=276;276-58=218;#218",  # operand not the prompt's
+                "37*4=148;148-129=19;19-58=-39;#-39",  # operator not the prompt's
+                "37*4=148;148+129=277;#277", "37*4=148;148+129=277;277-58=219;#219;", "", "37*4=1_8;"):
+        assert not P.consistent_work(e, bad), bad
+
+
 # --- problem files ------------------------------------------------------------------------------
 def test_problem_files_round_trip(tmp_path):
     exprs = P.generate_problems("val", 30, seed=0)

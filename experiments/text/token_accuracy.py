@@ -3,7 +3,9 @@
 Each val problem's window is masked at ratio t (every position independently, prompt visible) and
 filled by one argmax forward; positions are grouped as copies (operands and operators of the
 work, which repeat the prompt or the previous result), results (digits after '=' up to ';'),
-answer (after '#'), structure ('=', ';', '#', '<eos>') and padding.
+answer (after '#'), structure ('=', ';', '#', '<eos>') and padding. Then, the arithmetic alone:
+with the work visible up to the first '=' and everything after it masked, the share of step-1
+results whose digits are all right in one argmax forward, and of their single digits.
 
     python experiments/text/token_accuracy.py CHECKPOINT_DIR_OR_STATE_PT [--n 500] [--ratios 0.1,0.5,0.9]
 """
@@ -67,6 +69,20 @@ def main() -> None:
         m = masked[:, PROMPT_WIDTH:].numpy()
         parts = [f"{k} {100 * ok[m & (kind == k)].mean():.1f}%" for k in ("copy", "result", "answer", "structure", "padding")]
         print(f"mask ratio {r}: " + ", ".join(parts))
+    # step-1 result from scratch: everything after the first '=' of the work masked
+    from rmkernels.tasks.text.problems import work
+
+    eq = torch.tensor([PROMPT_WIDTH + work(e).index("=") + 1 for e in ex])  # first result position
+    res_len = torch.tensor([work(e).index(";") - work(e).index("=") - 1 for e in ex])
+    pos = torch.arange(ids.shape[1])[None, :]
+    masked = pos >= eq[:, None]
+    with torch.no_grad():
+        pred = model(input_ids=torch.where(masked, MASK_ID, ids)).logits.argmax(-1)
+    in_res = (pos >= eq[:, None]) & (pos < (eq + res_len)[:, None])
+    ok = pred == ids
+    whole = (ok | ~in_res).all(1).float().mean()
+    print(f"step-1 result from scratch: {100 * float(whole):.1f}% whole results, "
+          f"{100 * float(ok[in_res].float().mean()):.1f}% of digits")
 
 
 if __name__ == "__main__":

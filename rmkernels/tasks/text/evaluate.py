@@ -24,7 +24,7 @@ import torch
 
 from rmkernels.tasks.text.checkpoint import load_checkpoint, shipped
 from rmkernels.tasks.text.data import GEN_LENGTH, PROMPT_WIDTH, prompt_ids, target_ids
-from rmkernels.tasks.text.problems import parse_answer, read_problems
+from rmkernels.tasks.text.problems import consistent_work, parse_answer, read_problems
 from rmkernels.tasks.text.tokenizer import ASSETS, CHARS, EOS_ID, MASK_ID, PAD_ID
 
 SYSTEMS = {  # name -> (checkpoint, sampler)
@@ -137,10 +137,12 @@ def evaluate_system(variant: str, sampler: str, k: int, expressions, values, *, 
     t0 = time.perf_counter()
     res = decode_problems(model, norm, expressions, cfg, batch_size, kernels)
     seconds = time.perf_counter() - t0
-    answers = answers_of(res["windows"])
+    texts = [window_text(w) for w in res["windows"].tolist()]
+    answers = [parse_answer(t) for t in texts]
+    consistent = [consistent_work(e, t) for e, t in zip(expressions, texts)]
     gold = torch.from_numpy(target_ids(expressions))
     m = problem_metrics(answers, values, res["windows"], gold, res["calls"], res["reveals"], res["remasks"],
-                        res["replays"])
+                        res["replays"], consistent)
     m.update(seconds=round(seconds, 2), variant=variant, sampler=sampler, k=k, steps_budget=cfg.steps,
              history=meta.get("decode", {}) if sampler == "rm" else {})
     if sampler == "confidence_remask":

@@ -7,6 +7,10 @@ Per system (a checkpoint decoded with one sampler at ``K`` tokens per model call
   counts as wrong;
 * parsed %: generations with a parsable answer;
 * work exact %: the whole generation window equals the gold one (work, ``<eos>``, padding);
+* consistent %: the work is well formed and every copy in it is right (the prompt's operands and
+  operators, each step's left operand = the previous result, the answer = the last result), its
+  arithmetic right or not (:func:`rmkernels.tasks.text.problems.consistent_work`): the errors
+  parallel decoding adds, apart from the model's arithmetic;
 * replay %: reveals that put back, at a position, the token earlier re-masked there, as a share
   of all reveals in the generation windows (:func:`rmkernels.decode.trajectory.replay_statistics`);
 * re-masks per problem; mean model calls per problem (the decoder's per-row steps: forward
@@ -28,6 +32,7 @@ COLUMNS = (
     ("accuracy_pct", "answer accuracy %", "{:.1f}"),
     ("parsed_pct", "parsed %", "{:.1f}"),
     ("work_exact_pct", "work exact %", "{:.1f}"),
+    ("consistent_pct", "consistent %", "{:.1f}"),
     ("replay_pct", "replay %", "{:.2f}"),
     ("remasks_per_problem", "re-masks / problem", "{:.2f}"),
     ("mean_calls", "model calls / problem", "{:.2f}"),
@@ -44,11 +49,11 @@ def correct_mask(answers, values) -> torch.Tensor:
     return torch.tensor([a != "" and int(a) == int(v) for a, v in zip(answers, values)], dtype=torch.bool)
 
 
-def problem_metrics(answers, values, windows, gold_windows, calls, reveals, remasks, replays) -> dict:
+def problem_metrics(answers, values, windows, gold_windows, calls, reveals, remasks, replays, consistent=None) -> dict:
     """Aggregate metrics of one system (see the module docstring).
 
     ``windows``/``gold_windows`` ``[N, G]`` generated and gold ids; ``calls``, ``reveals``,
-    ``remasks``, ``replays`` ``[N]`` per-problem counts.
+    ``remasks``, ``replays`` ``[N]`` per-problem counts; ``consistent`` ``[N]`` bool (optional).
     """
     n = max(len(values), 1)
     correct = correct_mask(answers, values)
@@ -58,6 +63,7 @@ def problem_metrics(answers, values, windows, gold_windows, calls, reveals, rema
         "accuracy_pct": 100.0 * float(correct.sum()) / n,
         "parsed_pct": 100.0 * sum(a != "" for a in answers) / n,
         "work_exact_pct": 100.0 * float((torch.as_tensor(windows) == torch.as_tensor(gold_windows)).all(1).sum()) / n,
+        "consistent_pct": None if consistent is None else 100.0 * sum(bool(c) for c in consistent) / n,
         "replay_pct": 100.0 * float(replays.sum()) / max(int(reveals.sum()), 1),
         "replays": int(replays.sum()),
         "reveals_per_problem": float(reveals.sum()) / n,

@@ -43,11 +43,11 @@ from rmkernels.tasks.text.tokenizer import MASK_ID, VOCAB_SIZE
 
 @dataclass
 class PostTrainConfig:
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 600
+    batch_size: int = 32
     lr: float = 5e-4
     min_lr_ratio: float = 0.1
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
     wrong_fraction: float = 0.25
@@ -59,7 +59,7 @@ class PostTrainConfig:
     targets_seed: int = 11
     keep_weight: float = 1.0  # w_keep of the loss (SPEC §4)
     her_gain: str = "0"
-    eval_every: int = 250
+    eval_every: int = 200
     ckpt_every: int = 100
     val_problems: int = 200
     val_seed: int = 7

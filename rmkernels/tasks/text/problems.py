@@ -121,6 +121,31 @@ def parse_answer(text: str) -> str:
     return ans if re.fullmatch(r"-?(0|[1-9][0-9]*)", ans) else ""
 
 
+def consistent_work(expression: str, text: str) -> bool:
+    """Whether a generated work is well formed and copies right: one ``L<op>R=C;`` per operation of
+    ``expression``, with ``L`` the first operand and then the previous step's ``C``, ``<op>R`` the
+    expression's operator and operand, then ``#`` and the last ``C``. Only the arithmetic (each
+    ``C``) may be wrong: this isolates the copy and structure errors of parallel decoding.
+
+    Example
+    -------
+    >>> consistent_work("2+3*4", "2+3=6;6*4=24;#24"), consistent_work("2+3*4", "2+3=6;5*4=20;#20")
+    (True, False)
+    """
+    operands, ops = parse_expression(expression)
+    num = r"(-?(?:0|[1-9][0-9]*))"
+    pos, left = 0, str(operands[0])
+    for op, b in zip(ops, operands[1:]):
+        head = f"{left}{op}{b}="
+        if not text.startswith(head, pos):
+            return False
+        m = re.compile(num + ";").match(text, pos + len(head))
+        if not m:
+            return False
+        left, pos = m.group(1), m.end()
+    return text[pos:] == f"#{left}"
+
+
 def random_expression(rng: np.random.Generator) -> str:
     """One expression of the task's distribution: 2-4 operands (uniform), each operator uniform
     over ``+ - *``, operands uniform over their ranges."""
@@ -214,7 +239,7 @@ def write_problems(path: str, expressions) -> None:
 
 
 __all__ = [
-    "MAX_EXPRESSION_CHARS", "MAX_WORK_CHARS", "OPS", "SPLITS", "evaluate", "format_problems", "generate_problems",
+    "MAX_EXPRESSION_CHARS", "MAX_WORK_CHARS", "OPS", "SPLITS", "consistent_work", "evaluate", "format_problems", "generate_problems",
     "parse_answer", "parse_expression", "parse_problems", "random_expression", "read_problems", "split_of", "work",
     "write_problems",
 ]

@@ -54,6 +54,7 @@ class PretrainConfig:
     val_problems: int = 200
     val_seed: int = 7  # val expressions: generate_problems("val", val_problems, val_seed)
     t_power: float = 1.0  # masking ratio t = u ** t_power, u ~ U(0, 1) (> 1: more rows with most of the work visible)
+    suffix_fraction: float = 0.0  # share of rows masked from a uniform window position to the end (prefix visible)
     easy_fraction: float = 0.0  # share of training expressions whose operands have a uniform number of digits
     init: str = ""  # start from this state.pt / checkpoint directory (model weights only)
     stop_at: int = 0  # stop at this step (the schedule still spans `steps`); 0: run to `steps`
@@ -89,14 +90,23 @@ def train_expressions(n: int, rng: np.random.Generator, easy_fraction: float = 0
     return out
 
 
-def mdm_loss(model, expressions, rng: np.random.Generator, weighting: str = "token", t_power: float = 1.0) -> torch.Tensor:
-    """The masked-diffusion loss of one batch (module docstring)."""
+def mdm_loss(model, expressions, rng: np.random.Generator, weighting: str = "token", t_power: float = 1.0,
+             suffix_fraction: float = 0.0) -> torch.Tensor:
+    """The masked-diffusion loss of one batch (module docstring). A share ``suffix_fraction`` of
+    the rows is masked from a uniformly drawn window position to the end instead (the work before
+    it visible: the state of a left-to-right decode)."""
     ids, gen = full_rows(expressions)  # [B, L]
     B, L = ids.shape
     t = torch.from_numpy(rng.random(B) ** t_power).float()  # [B]
     u = torch.from_numpy(rng.random((B, L))).float()
     masked = gen & (u < t[:, None])
-    masked[torch.arange(B), torch.from_numpy(rng.integers(PROMPT_WIDTH, L, size=B))] = True  # >= 1 per row
+    start = torch.from_numpy(rng.integers(PROMPT_WIDTH, L, size=B))  # [B]
+    suffix = torch.from_numpy(rng.random(B) < suffix_fraction)  # [B]
+    pos = torch.arange(L)[None, :]
+    masked = torch.where(suffix[:, None], pos >= start[:, None], masked)
+    masked[torch.arange(B), start] = True  # >= 1 per row
+    if weighting == "1/t":
+        t = torch.where(suffix, (L - start).float() / gen.sum(1), t)
     logits = model(input_ids=torch.where(masked, MASK_ID, ids)).logits  # [B, L, V]
     ce = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE).float(), ids.reshape(-1), reduction="none").view(B, L)
     ce = ce * masked
@@ -153,14 +163,19 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log(f"resumed from step {start}")
+    meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv),
+            "params": sum(p.numel() for p in model.parameters())}
     ckpt = os.path.join(out_dir, "model")
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    if start >= end and os.path.exists(os.path.join(ckpt, "config.json")):
+    if start >= end:
+        if not os.path.exists(os.path.join(ckpt, "config.json")):  # stopped by a kill at a saved state
+            if start != end:
+                raise ValueError(f"{state_path} is at step {start}, past stop_at={end}: use a new out_dir")
+            meta.update(step=start)
+            save_checkpoint(ckpt, model, meta)
         return ckpt
     val = generate_problems("val", cfg.val_problems, cfg.val_seed)
     val_values = [evaluate(e) for e in val]
-    meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv),
-            "params": sum(p.numel() for p in model.parameters())}
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     wall_before = 0.0
     if start and os.path.exists(metrics_path):
@@ -179,7 +194,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             loss = mdm_loss(model, train_expressions(cfg.batch_size, rng, cfg.easy_fraction), rng, cfg.weighting,
-                            cfg.t_power)
+                            cfg.t_power, cfg.suffix_fraction)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
