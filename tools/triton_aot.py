@@ -1,6 +1,6 @@
 """Compile every Triton kernel of rmkernels for NVIDIA GPUs ahead of time, without a GPU.
 
-    python tools/triton_aot.py [--arch 90 80] [--json OUT]
+    python tools/triton_aot.py [--arch 90 80] [--json OUT] [--ops linear_stats ...]
 
 Each public launcher runs on small CPU tensors with the kernels' launches intercepted; every
 distinct launch (argument types, constexprs, num_warps) is compiled by Triton for each target
@@ -22,8 +22,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton._C.libtriton import native_specialize_impl  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -44,40 +46,75 @@ def _arg_type(v) -> str:
 
 
 def capture_launches(workload) -> list:
-    """Run ``workload()`` with every ``kernel[grid](...)`` recorded instead of launched."""
+    """Run ``workload()`` with every ``kernel[grid](...)`` recorded instead of launched.
+
+    A launch of a ``triton.autotune`` kernel is recorded once per config its pruner keeps for those
+    arguments (each config's meta-parameters, warps and stages), as the autotuner would compile them.
+    """
     launches = []
-    real = JITFunction.__getitem__
+    real_jit, real_tuner = JITFunction.__getitem__, Autotuner.__getitem__
 
     def fake_getitem(self, grid):
         def record(*args, **kwargs):
             launches.append((self, args, kwargs))
         return record
 
+    def fake_tuner_getitem(self, grid):
+        def record(*args, **kwargs):
+            self.nargs = dict(zip(self.arg_names, args))
+            try:
+                configs = self.prune_configs(kwargs)
+            finally:
+                self.nargs = None
+            for cfg in configs:
+                launches.append((self.fn, args, {**kwargs, **cfg.all_kwargs()}))
+        return record
+
     JITFunction.__getitem__ = fake_getitem
+    Autotuner.__getitem__ = fake_tuner_getitem
     try:
         workload()
     finally:
-        JITFunction.__getitem__ = real
+        JITFunction.__getitem__ = real_jit
+        Autotuner.__getitem__ = real_tuner
     return launches
+
+
+def _jit_specialization(fn: JITFunction, bound: dict):
+    """``(signature, constexprs, attrs)`` as the JIT builds them: integers equal to 1 become
+    constexprs and multiples of 16 (and 16-byte aligned pointers) get a divisibility attribute,
+    except where the kernel says ``do_not_specialize`` / ``do_not_specialize_on_alignment``."""
+    sig, consts, attrs = {}, {}, {}
+    for i, kp in enumerate(fn.params):
+        name = kp.name
+        if kp.is_constexpr:
+            sig[name] = "constexpr"
+            consts[name] = bound[name]
+            continue
+        ty, spec = native_specialize_impl(BaseBackend, bound[name], kp.is_const, not kp.do_not_specialize,
+                                          not kp.do_not_specialize_on_alignment)
+        sig[name] = ty
+        if ty == "constexpr":
+            consts[name] = bound[name]
+        elif isinstance(spec, str) and spec:
+            attrs[(i,)] = BaseBackend.parse_attr(spec)
+    return sig, consts, attrs
 
 
 def compile_launch(fn: JITFunction, args, kwargs, arch: int) -> dict:
     names = fn.arg_names
-    const_names = {names[i] for i in fn.constexprs}
     bound = dict(zip(names, args))
     bound.update({k: v for k, v in kwargs.items() if k in names})
-    sig, consts = {}, {}
-    for name in names:
-        if name in const_names:
-            sig[name] = "constexpr"
-            consts[name] = bound[name]
-        else:
-            sig[name] = _arg_type(bound[name])
+    sig, consts, attrs = _jit_specialization(fn, bound)
     num_warps = kwargs.get("num_warps", 4)
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
-                       options={"num_warps": num_warps})
+    options = {"num_warps": num_warps}
+    if kwargs.get("num_stages") is not None:
+        options["num_stages"] = kwargs["num_stages"]
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", arch, 32), options=options)
     regs, stack = _resource_usage(k.asm["cubin"])
     return {"kernel": fn.__name__, "arch": f"sm_{arch}", "num_warps": num_warps,
+            "num_stages": options.get("num_stages"), "shared_bytes": k.metadata.shared,
             "constexprs": {k_: v for k_, v in consts.items()}, "dtypes": "/".join(sorted({t for t in sig.values() if t.startswith("*f") or t.startswith("*bf")})),
             "registers": regs, "stack_bytes": stack}
 
@@ -100,7 +137,7 @@ def _resource_usage(cubin: bytes):
 def workloads():
     """Small CPU calls of each launcher that reach every kernel variant the public ops use."""
     from rmkernels.ops import linear_loss, rm_loss  # noqa: F401 (registers the ops)
-    from rmkernels.ops import rm_stats  # noqa: F401
+    from rmkernels.ops import linear_stats, rm_stats  # noqa: F401
 
     def stats():
         for dt in (torch.bfloat16, torch.float16, torch.float32):
@@ -120,19 +157,47 @@ def workloads():
             torch.ops.rmkernels.rm_ce_bwd(z, y, part, lse, torch.ones(4), 0)
             torch.ops.rmkernels.rm_ce_fwd_grad_(z.clone(), y, part, torch.ones(4), 0)
 
-    return {"rm_stats": stats, "rm_loss": loss}
+    def linear_stats():
+        # rm_linear_stats' Triton launcher with the tuning the GPU would do: the autotuned partial
+        # kernel (every config the pruner keeps) for each row tile, split on/off, sampling on/off,
+        # bias / suppression, mask ids 0, 1, 16 and V-1 (value classes the JIT could specialise)
+        V, D = 5000, 96
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            W = torch.randn(V + 8, D).to(dt)  # embedding_size > vocab_size
+            b = torch.randn(V + 8).to(dt)
+            for N, split, temp, mask_id in ((1, 0, 0.0, 0), (16, 0, 0.7, 1), (32, 1, 0.0, 16), (200, 0, 0.7, V - 1),
+                                            (200, 1, 0.0, 16)):
+                h = torch.randn(N, D).to(dt)
+                x = torch.randint(0, V, (N,))
+                ctr = torch.arange(N)
+                sup = torch.zeros(V, dtype=torch.int8)
+                torch.ops.rmkernels.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x, ctr, V,
+                                                        mask_id, 1.0, temp, 123, False, split, 0, 0, 0)
+            # a layout whose strides are not multiples of 16 (no divisibility hint on them)
+            h = torch.randn(7, D + 3).to(dt)[:, :D]
+            W2 = torch.randn(V, D + 5).to(dt)[:, :D]
+            torch.ops.rmkernels.linear_stats_triton(h, W2, None, None, torch.zeros(7, dtype=torch.int64),
+                                                    torch.arange(7), V, 3, 1.0, 0.0, 1, True, 0, 0, 0, 0)
+
+    return {"rm_stats": stats, "rm_loss": loss, "linear_stats": linear_stats}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     ap.add_argument("--json")
+    ap.add_argument("--ops", nargs="+", help="only these workloads (default: all)")
     args = ap.parse_args(argv)
     rows, seen = [], set()
     for op, work in workloads().items():
+        if args.ops and op not in args.ops:
+            continue
         for fn, a, kw in capture_launches(work):
-            key = (fn.__name__, tuple(_arg_type(v) if not isinstance(v, (int, float)) or isinstance(v, bool) else type(v).__name__ for v in a),
-                   tuple(sorted((k, str(v)) for k, v in kw.items())))
+            bound = dict(zip(fn.arg_names, a))
+            bound.update({k: v for k, v in kw.items() if k in fn.arg_names})
+            sig, consts, attrs = _jit_specialization(fn, bound)
+            key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in consts.items())),
+                   tuple(sorted((k, str(v)) for k, v in attrs.items())), kw.get("num_warps"), kw.get("num_stages"))
             if key in seen:
                 continue
             seen.add(key)
@@ -140,9 +205,9 @@ def main(argv=None) -> int:
                 row = compile_launch(fn, a, kw, arch)
                 row["op"] = op
                 rows.append(row)
-                print(f"{row['op']:<9} {row['kernel']:<28} {row['arch']} warps={row['num_warps']} "
-                      f"{row['dtypes']:<10} {row['constexprs']} regs={row['registers']} stack={row['stack_bytes']}B",
-                      flush=True)
+                print(f"{row['op']:<12} {row['kernel']:<28} {row['arch']} warps={row['num_warps']} "
+                      f"stages={row['num_stages']} {row['dtypes']:<10} {row['constexprs']} regs={row['registers']} "
+                      f"stack={row['stack_bytes']}B smem={row['shared_bytes']}B", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
