@@ -158,26 +158,31 @@ def workloads():
             torch.ops.rmkernels.rm_ce_fwd_grad_(z.clone(), y, part, torch.ones(4), 0)
 
     def linear_stats():
-        # rm_linear_stats' Triton launcher with the tuning the GPU would do: the autotuned partial
-        # kernel (every config the pruner keeps) for each row tile, split on/off, sampling on/off,
-        # bias / suppression, mask ids 0, 1, 16 and V-1 (value classes the JIT could specialise)
+        # rm_linear_stats' launcher with the tuning the GPU would do: the autotuned partial kernel
+        # (every config its pruner keeps) for each row tile (N 1/16 -> 16 rows, 32, 64, 200 -> 128),
+        # argmax and sampling epilogues, split on/off, bias / suppression, mask ids 0, 1, 16, V-1;
+        # bf16 everywhere, fp16 and fp32 on the smallest and largest row tiles; plus a layout whose D
+        # and strides are not multiples of 16 (the single-stage configs)
         V, D = 5000, 96
-        for dt in (torch.bfloat16, torch.float16, torch.float32):
+        plan = {torch.bfloat16: [(1, 0, 0.0, 0), (16, 1, 0.7, 1), (32, 0, 0.0, 16), (32, 1, 0.7, V - 1),
+                                 (64, 0, 0.7, 0), (64, 1, 0.0, 1), (200, 0, 0.0, 16), (200, 1, 0.7, V - 1)],
+                torch.float16: [(16, 0, 0.0, 1), (200, 0, 0.0, V - 1)],
+                torch.float32: [(16, 0, 0.0, 0), (16, 1, 0.7, 16), (200, 0, 0.0, 1), (200, 1, 0.7, V - 1)]}
+        for dt, calls in plan.items():
             W = torch.randn(V + 8, D).to(dt)  # embedding_size > vocab_size
             b = torch.randn(V + 8).to(dt)
-            for N, split, temp, mask_id in ((1, 0, 0.0, 0), (16, 0, 0.7, 1), (32, 1, 0.0, 16), (200, 0, 0.7, V - 1),
-                                            (200, 1, 0.0, 16)):
+            sup = torch.zeros(V, dtype=torch.int8)
+            for N, split, temp, mask_id in calls:
                 h = torch.randn(N, D).to(dt)
                 x = torch.randint(0, V, (N,))
-                ctr = torch.arange(N)
-                sup = torch.zeros(V, dtype=torch.int8)
-                torch.ops.rmkernels.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x, ctr, V,
-                                                        mask_id, 1.0, temp, 123, False, split, 0, 0, 0)
-            # a layout whose strides are not multiples of 16 (no divisibility hint on them)
-            h = torch.randn(7, D + 3).to(dt)[:, :D]
-            W2 = torch.randn(V, D + 5).to(dt)[:, :D]
-            torch.ops.rmkernels.linear_stats_triton(h, W2, None, None, torch.zeros(7, dtype=torch.int64),
-                                                    torch.arange(7), V, 3, 1.0, 0.0, 1, True, 0, 0, 0, 0)
+                torch.ops.rmkernels.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x,
+                                                        torch.arange(N), V, mask_id, 1.0, temp, 123, False,
+                                                        split, 0, 0, 0)
+        for N in (7, 200):  # D = 99: no divisibility anywhere
+            h = torch.randn(N, 99).to(torch.bfloat16)
+            W2 = torch.randn(V, 99).to(torch.bfloat16)
+            torch.ops.rmkernels.linear_stats_triton(h, W2, None, None, torch.zeros(N, dtype=torch.int64),
+                                                    torch.arange(N), V, 3, 1.0, 0.0, 1, False, 0, 0, 0, 0)
 
     return {"rm_stats": stats, "rm_loss": loss, "linear_stats": linear_stats}
 

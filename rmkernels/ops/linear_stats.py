@@ -49,7 +49,7 @@ from rmkernels.reference.rng import gumbel_noise, row_counters, seed_key
 __all__ = ["rm_linear_stats"]
 
 _INT_MAX = tl.constexpr(2147483647)
-_N_PART_F = 6  # float partials per (slice, row): max, sum, best score, best logit, mask logit, cur logit
+_N_PART_F = 3  # float partials per (slice, row): max, sum, best score
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,20 +58,23 @@ _N_PART_F = 6  # float partials per (slice, row): max, sum, best score, best log
 # Integer arguments whose value may be 1 or a multiple of 16 would be specialised by the JIT (to a
 # constexpr, or with a divisibility hint), compiling a new variant per value class and, for a
 # constexpr, changing the types the body sees: the value-like ones are never specialised. D and the
-# two row strides are layout: their divisibility by 16 is what lets the tiles load 16-byte vectors,
-# so they keep the JIT's specialisation (tools/triton_aot.py compiles those variants too).
+# two row strides are layout: their divisibility by 16 is what lets the tiles load 16-byte vectors
+# asynchronously, so they keep the JIT's specialisation (tools/triton_aot.py compiles those variants).
 _PARTIAL_NO_SPEC = ["N", "V", "mask_id", "chunk", "n_bucket", "seed_key"]
 _REDUCE_NO_SPEC = ["N", "V", "mask_id", "S", "seed_key"]
 
 
 @triton.jit(do_not_specialize=_PARTIAL_NO_SPEC)
 def _lstats_partial_kernel(
-    h_ptr, w_ptr, b_ptr, sup_ptr, x_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
+    h_ptr, w_ptr, b_ptr, sup_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     N, D, V, mask_id, chunk, n_bucket, stride_hn, stride_wv,
     logit_scale, inv_temp, seed_key,
     HAS_BIAS: tl.constexpr, HAS_SUPPRESS: tl.constexpr, SAMPLE: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Partials of rows ``[pid0 * BLOCK_N, ...)`` over vocabulary slice ``pid1``: max, sum, best
+    (mask-excluded) score and id. The epilogue holds only what the online merge needs: the mask,
+    current-token and sampled-best logits are recomputed per row by the reduce kernel."""
     NEG_INF: tl.constexpr = float("-inf")
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -79,7 +82,6 @@ def _lstats_partial_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)
-    x = tl.load(x_ptr + rows64, mask=row_ok, other=-1)  # int64 current tokens
     if SAMPLE:
         rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + rows64, mask=row_ok, other=0))[:, None]
     else:
@@ -93,10 +95,7 @@ def _lstats_partial_kernel(
     m = tl.full([BLOCK_N], NEG_INF, tl.float32)
     s = tl.zeros([BLOCK_N], tl.float32)
     bv = tl.full([BLOCK_N], NEG_INF, tl.float32)
-    bz = tl.full([BLOCK_N], NEG_INF, tl.float32)
     bi = tl.zeros([BLOCK_N], tl.int32) + col_start
-    zm = tl.full([BLOCK_N], NEG_INF, tl.float32)
-    zc = tl.full([BLOCK_N], NEG_INF, tl.float32)
     for v0 in range(col_start, col_end, BLOCK_V):
         cols = v0 + lanes_v
         col_ok = cols < col_end
@@ -107,7 +106,7 @@ def _lstats_partial_kernel(
             k_ok = ks < D
             a = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
             b = tl.load(w_cols + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_V]
-            if UPCAST:  # the interpreter's tl.dot mishandles bfloat16 operands (Triton 3.x)
+            if INTERPRET:  # the interpreter's tl.dot mishandles bfloat16 operands (Triton 3.x)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -119,46 +118,51 @@ def _lstats_partial_kernel(
             sup = tl.load(sup_ptr + cols, mask=col_ok, other=0)
             z = tl.where(sup[None, :] != 0, NEG_INF, z)
         z = tl.where(col_ok[None, :], z, NEG_INF)
+        # best candidate with the mask excluded: lowest id within the tile, strict > across tiles
+        score = tl.where(cols[None, :] == mask_id, NEG_INF, _score(z, cols[None, :], inv_temp, rkey, SAMPLE))
+        if INTERPRET:  # its argmax (numpy's nanargmax) raises on an all-NaN row; such rows are flagged anyway
+            score = tl.where(score != score, NEG_INF, score)
+        t_bv, t_arg = tl.max(score, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        t_bi = v0 + t_arg
+        up = t_bv > bv
+        bv = tl.where(up, t_bv, bv)
+        bi = tl.where(up, t_bi, bi)
         # online softmax (a NaN anywhere makes the sum NaN: the status flag)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
         s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), axis=1)
         m = m_new
-        # the mask and current-token logits, as their tiles pass
-        is_mask = cols[None, :] == mask_id
-        zm = tl.maximum(zm, tl.max(tl.where(is_mask, z, NEG_INF), axis=1))
-        zc = tl.maximum(zc, tl.max(tl.where(cols[None, :] == x[:, None], z, NEG_INF), axis=1))
-        # best candidate with the mask excluded: lowest id within the tile, strict > across tiles
-        score = tl.where(is_mask, NEG_INF, _score(z, cols[None, :], inv_temp, rkey, SAMPLE))
-        t_bv = tl.max(score, axis=1)
-        t_bi = tl.min(tl.where(score == t_bv[:, None], cols[None, :], _INT_MAX), axis=1)
-        up = t_bv > bv
-        if SAMPLE:
-            t_bz = tl.max(tl.where(cols[None, :] == t_bi[:, None], z, NEG_INF), axis=1)
-            bz = tl.where(up, t_bz, bz)
-        else:
-            bz = tl.where(up, t_bv, bz)
-        bv = tl.where(up, t_bv, bv)
-        bi = tl.where(up, t_bi, bi)
 
     slot = split.to(tl.int64) * N + rows64  # partials [k, S, N]
     plane = S.to(tl.int64) * N
     tl.store(part_f_ptr + slot, m, mask=row_ok)
     tl.store(part_f_ptr + plane + slot, s, mask=row_ok)
     tl.store(part_f_ptr + 2 * plane + slot, bv, mask=row_ok)
-    tl.store(part_f_ptr + 3 * plane + slot, bz, mask=row_ok)
-    tl.store(part_f_ptr + 4 * plane + slot, zm, mask=row_ok)
-    tl.store(part_f_ptr + 5 * plane + slot, zc, mask=row_ok)
     tl.store(part_i_ptr + slot, bi, mask=row_ok)
+
+
+@triton.jit
+def _gather_logit(acc, ids, b_ptr, sup_ptr, logit_scale, ok, HAS_BIAS: tl.constexpr, HAS_SUPPRESS: tl.constexpr):
+    """``(acc + b[ids]) * logit_scale``, ``-inf`` where ``ids`` is suppressed."""
+    z = acc
+    if HAS_BIAS:
+        z += tl.load(b_ptr + ids, mask=ok, other=0.0).to(tl.float32)
+    z = z * logit_scale
+    if HAS_SUPPRESS:
+        z = tl.where(tl.load(sup_ptr + ids, mask=ok, other=0) != 0, float("-inf"), z)
+    return z
 
 
 @triton.jit(do_not_specialize=_REDUCE_NO_SPEC)
 def _lstats_reduce_kernel(
-    part_f_ptr, part_i_ptr, x_ptr, ctr_ptr,
+    part_f_ptr, part_i_ptr, h_ptr, w_ptr, b_ptr, sup_ptr, x_ptr, ctr_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
-    N, V, mask_id, S, inv_temp, seed_key,
-    SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    N, D, V, mask_id, S, stride_hn, stride_wv, logit_scale, inv_temp, seed_key,
+    HAS_BIAS: tl.constexpr, HAS_SUPPRESS: tl.constexpr, SAMPLE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Merge the ``S`` slices of ``BLOCK_R`` rows, compute the mask, current-token (and, when
+    sampling, best) logits as row dot products, then the candidates, probabilities and status."""
     NEG_INF: tl.constexpr = float("-inf")
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
@@ -170,23 +174,42 @@ def _lstats_reduce_kernel(
     m_s = tl.load(part_f_ptr + slot, mask=ok, other=NEG_INF)
     s_s = tl.load(part_f_ptr + plane + slot, mask=ok, other=0.0)
     bv_s = tl.load(part_f_ptr + 2 * plane + slot, mask=ok, other=NEG_INF)
-    bz_s = tl.load(part_f_ptr + 3 * plane + slot, mask=ok, other=NEG_INF)
-    zm_s = tl.load(part_f_ptr + 4 * plane + slot, mask=ok, other=NEG_INF)
-    zc_s = tl.load(part_f_ptr + 5 * plane + slot, mask=ok, other=NEG_INF)
     bi_s = tl.load(part_i_ptr + slot, mask=ok, other=_INT_MAX)
     m = tl.max(m_s, axis=0)
     s = tl.sum(s_s * tl.where(m_s > NEG_INF, tl.exp(m_s - m[None, :]), 0.0), axis=0)  # NaN partial sums survive
     bv = tl.max(bv_s, axis=0)
     bi = tl.min(tl.where(bv_s == bv[None, :], bi_s, _INT_MAX), axis=0)
-    z_best = tl.max(tl.where(bi_s == bi[None, :], bz_s, NEG_INF), axis=0)
-    z_mask = tl.max(zm_s, axis=0)
-    mcol = tl.zeros([BLOCK_R], tl.int32) + mask_id  # a tensor, whatever the JIT made of mask_id
-    # no finite non-mask column: the best id is column 0 (torch.argmax of -inf), maybe the mask itself
-    z_best = tl.where((bv == NEG_INF) & (bi == mcol), z_mask, z_best)
-    z_cur = tl.max(zc_s, axis=0)
+    bi = tl.where(row_ok, bi, 0)
 
     x = tl.load(x_ptr + rows64, mask=row_ok, other=0)
     x_ok = (x >= 0) & (x < V)
+    xs = tl.where(x_ok, x, 0)  # never out of bounds
+    mcol = tl.zeros([BLOCK_R], tl.int32) + mask_id  # a tensor, whatever the JIT made of mask_id
+    # the mask, current-token and (sampling) best logits: one dot product of D per row each
+    lanes_d = tl.arange(0, BLOCK_D)
+    acc_m = tl.zeros([BLOCK_R], tl.float32)
+    acc_c = tl.zeros([BLOCK_R], tl.float32)
+    acc_b = tl.zeros([BLOCK_R], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + lanes_d
+        ld = row_ok[:, None] & (ds < D)[None, :]
+        hv = tl.load(h_ptr + rows64[:, None] * stride_hn + ds[None, :], mask=ld, other=0.0).to(tl.float32)
+        wm = tl.load(w_ptr + mcol.to(tl.int64)[:, None] * stride_wv + ds[None, :], mask=ld, other=0.0).to(tl.float32)
+        acc_m += tl.sum(hv * wm, axis=1)
+        wc = tl.load(w_ptr + xs[:, None] * stride_wv + ds[None, :], mask=ld, other=0.0).to(tl.float32)
+        acc_c += tl.sum(hv * wc, axis=1)
+        if SAMPLE:
+            wb = tl.load(w_ptr + bi.to(tl.int64)[:, None] * stride_wv + ds[None, :], mask=ld, other=0.0).to(tl.float32)
+            acc_b += tl.sum(hv * wb, axis=1)
+    z_mask = _gather_logit(acc_m, mcol, b_ptr, sup_ptr, logit_scale, row_ok, HAS_BIAS, HAS_SUPPRESS)
+    z_cur = _gather_logit(acc_c, xs, b_ptr, sup_ptr, logit_scale, row_ok, HAS_BIAS, HAS_SUPPRESS)
+    if SAMPLE:
+        z_best = _gather_logit(acc_b, bi, b_ptr, sup_ptr, logit_scale, row_ok, HAS_BIAS, HAS_SUPPRESS)
+    else:
+        z_best = bv
+    # no finite non-mask column: the best id is column 0 (torch.argmax of -inf), maybe the mask itself
+    z_best = tl.where((bv == NEG_INF) & (bi == mcol), z_mask, z_best)
+
     status = (s != s).to(tl.int32) * 1 + (m == NEG_INF).to(tl.int32) * 2 + (x_ok == 0).to(tl.int32) * 4
     bad = status != 0
     if SAMPLE:
@@ -211,18 +234,30 @@ def _lstats_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 # Tuning: the row tile comes from N, the rest is autotuned on the GPU
 # ----------------------------------------------------------------------------------------------
-_BASE_CONFIGS = {  # BLOCK_N -> [(BLOCK_V, BLOCK_K, num_warps, num_stages)]
-    # few rows: reading the weight is the cost; wide K steps keep many loads in flight
-    16: [(128, 128, 4, 4), (256, 64, 4, 4), (64, 256, 4, 3)],
-    32: [(128, 128, 4, 4), (256, 64, 8, 3), (64, 256, 4, 3)],
-    64: [(128, 64, 4, 4), (256, 64, 8, 3), (128, 128, 8, 3)],
+# (BLOCK_N, kind) -> [(BLOCK_V, BLOCK_K, num_warps, num_stages)]. Every config keeps the float32
+# accumulator at <= 64 registers per thread (BLOCK_N * BLOCK_V / (32 * num_warps)), which leaves room
+# for the statistics epilogue without spills on sm_80 and sm_90 (tools/triton_aot.py checks it).
+# kinds: "argmax" (temperature 0), "sample" (the Gumbel epilogue needs more registers: narrower
+# tiles at 128 rows), "unaligned" (D or a row stride not a multiple of 16 elements: no asynchronous
+# copies, so no pipeline, and small tiles).
+_TABLE = {
+    # few rows: reading the weight is the cost; deep pipelines keep many loads in flight
+    (16, "argmax"): [(128, 64, 4, 4), (256, 64, 4, 3), (64, 128, 4, 4)],
+    (32, "argmax"): [(128, 64, 4, 4), (256, 64, 8, 3), (64, 128, 4, 4)],
+    (64, "argmax"): [(128, 64, 4, 4), (256, 64, 8, 3), (128, 64, 8, 4)],
     # many rows: a tensor-core GEMM with a statistics epilogue per vocabulary tile
-    128: [(128, 64, 8, 3), (256, 64, 8, 3), (128, 64, 4, 4)],
+    (128, "argmax"): [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 5)],
+    (128, "sample"): [(64, 64, 8, 3), (64, 64, 8, 4), (64, 32, 8, 5)],
+    (16, "unaligned"): [(64, 32, 4, 1)],
+    (32, "unaligned"): [(64, 32, 4, 1)],
+    (64, "unaligned"): [(64, 32, 4, 1)],
+    (128, "unaligned"): [(64, 32, 8, 1)],
 }
-# each also with half the K step, for float32 inputs whose tiles would not fit in shared memory
-_CONFIGS = {bn: t + [(bv, bk // 2, w, st) for bv, bk, w, st in t] for bn, t in _BASE_CONFIGS.items()}
-_ALL_CONFIGS = [triton.Config({"BLOCK_V": bv, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-                for bv, bk, w, st in dict.fromkeys(c for t in _CONFIGS.values() for c in t)]
+for _bn in (16, 32, 64):
+    _TABLE[(_bn, "sample")] = _TABLE[(_bn, "argmax")]
+# float32 inputs: each shape with half the K step when its 16-bit tiles would not fit in shared memory
+_ALL_CONFIGS = [triton.Config({"BLOCK_V": bv, "BLOCK_K": k}, num_warps=w, num_stages=st)
+                for bv, bk, w, st in dict.fromkeys(c for t in _TABLE.values() for c in t) for k in (bk, bk // 2)]
 _SMEM_LIMIT = 160 * 1024  # sm_80 allows 163 KB of shared memory per block, sm_90 227 KB
 _ALIGN = 256  # vocabulary slices start on a multiple of every BLOCK_V
 # the interpreter runs one fixed small config (tests override it to cross tile boundaries)
@@ -237,27 +272,40 @@ def _block_n(N: int) -> int:
     return 128
 
 
+def _shape(c):
+    return c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+
+
 def _smem(bn: int, c, elsize: int) -> int:
-    return c.num_stages * (bn + c.kwargs["BLOCK_V"]) * c.kwargs["BLOCK_K"] * elsize
+    return c.num_stages * (bn + c.kwargs["BLOCK_V"]) * c.kwargs["BLOCK_K"] * elsize  # (an upper bound)
+
+
+def _kind(named_args, sample: bool) -> str:
+    if any(int(named_args[k]) % 16 for k in ("D", "stride_hn", "stride_wv")):
+        return "unaligned"
+    return "sample" if sample else "argmax"
 
 
 def _prune(configs, named_args, **kwargs):
-    """The configs of this row tile: the base ones when they fit in shared memory (16-bit inputs),
-    else the half-K ones that fit (float32)."""
+    """This row tile's and kind's shapes, each with its K step halved when the tiles would not fit in
+    shared memory (float32 inputs)."""
     bn = kwargs["BLOCK_N"]
     elsize = named_args["h_ptr"].element_size()
-    mine = [c for c in configs if (c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in _CONFIGS[bn]]
-    base = [c for c in mine if (c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-            in _BASE_CONFIGS[bn] and _smem(bn, c, elsize) <= _SMEM_LIMIT]
-    if len(base) == len(_BASE_CONFIGS[bn]):
-        return base
-    fit = [c for c in mine if _smem(bn, c, elsize) <= _SMEM_LIMIT]
-    return fit or sorted(mine, key=lambda c: _smem(bn, c, elsize))[:1]
+    by_shape = {_shape(c): c for c in configs}
+    keep = []
+    for bv, bk, w, st in _TABLE[(bn, _kind(named_args, kwargs["SAMPLE"]))]:
+        for k in (bk, bk // 2):
+            c = by_shape[(bv, k, w, st)]
+            if _smem(bn, c, elsize) <= _SMEM_LIMIT:
+                keep.append(c)
+                break
+    return keep or [min((by_shape[(bv, bk // 2, w, st)] for bv, bk, w, st in _TABLE[(bn, "argmax")]),
+                        key=lambda c: _smem(bn, c, elsize))]
 
 
 _lstats_partial_tuned = triton.autotune(
     configs=_ALL_CONFIGS,
-    key=["n_bucket", "D", "V", "SAMPLE", "HAS_BIAS", "HAS_SUPPRESS", "PRECISION"],
+    key=["n_bucket", "D", "V", "stride_hn", "stride_wv", "SAMPLE", "HAS_BIAS", "HAS_SUPPRESS", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
 )(_lstats_partial_kernel)
 
@@ -284,6 +332,11 @@ def _plan(N: int, V: int, block_n: int, align: int, device: torch.device, split:
 def _new_output(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocate a kernel output (tests replace this to poison outputs before the launch)."""
     return torch.empty(n, dtype=dtype, device=device)
+
+
+def _new_partial(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocate a partials buffer of the split kernel (tests poison it)."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _alloc_outputs(n: int, device: torch.device):
@@ -331,25 +384,26 @@ def _linear_stats_triton(
         bn, bv, bk = block_n or _block_n(N), block_v, block_k
     align = bv if fixed else _ALIGN
     chunk, S = _plan(N, V, bn, align, device, split if split > 0 else None)
-    part_f = torch.empty((_N_PART_F, S, N), dtype=torch.float32, device=device)
-    part_i = torch.empty((S, N), dtype=torch.int32, device=device)
+    part_f = _new_partial((_N_PART_F, S, N), torch.float32, device)
+    part_i = _new_partial((S, N), torch.int32, device)
     b_arg = bias if bias is not None else hidden  # never read without HAS_BIAS
     sup_arg = suppress if suppress is not None else hidden
-    args = (hidden, weight, b_arg, sup_arg, tokens, counters, part_f, part_i,
+    common = dict(HAS_BIAS=bias is not None, HAS_SUPPRESS=suppress is not None, SAMPLE=sample)
+    args = (hidden, weight, b_arg, sup_arg, counters, part_f, part_i,
             N, D, V, mask_id, chunk, bn, hidden.stride(0), weight.stride(0), logit_scale, inv_temp, seed_key)
-    upcast = interp and hidden.dtype == torch.bfloat16
-    meta = dict(HAS_BIAS=bias is not None, HAS_SUPPRESS=suppress is not None, SAMPLE=sample,
-                PRECISION="ieee" if upcast else precision, UPCAST=upcast, BLOCK_N=bn)
+    meta = dict(common, PRECISION="ieee" if interp else precision, INTERPRET=interp, BLOCK_N=bn)
     grid = (triton.cdiv(N, bn), S)
     if fixed:
         _lstats_partial_kernel[grid](*args, **meta, BLOCK_V=bv, BLOCK_K=bk, num_warps=4)
     else:
         _lstats_partial_tuned[grid](*args, **meta)
     block_s = max(2, triton.next_power_of_2(S))
-    block_r = max(1, min(64, 2048 // block_s))
+    block_r = max(1, min(64 if interp else 16, 1024 // block_s))
+    block_d = 16 if interp else 128
     _lstats_reduce_kernel[(triton.cdiv(N, block_r),)](
-        part_f, part_i, tokens, counters, *outs, N, V, mask_id, S, inv_temp, seed_key,
-        SAMPLE=sample, BLOCK_R=block_r, BLOCK_S=block_s, num_warps=4,
+        part_f, part_i, hidden, weight, b_arg, sup_arg, tokens, counters, *outs,
+        N, D, V, mask_id, S, hidden.stride(0), weight.stride(0), logit_scale, inv_temp, seed_key,
+        **common, BLOCK_R=block_r, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
     )
     return outs
 
