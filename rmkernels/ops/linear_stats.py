@@ -236,24 +236,25 @@ def _lstats_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 # (BLOCK_N, kind) -> [(BLOCK_V, BLOCK_K, num_warps, num_stages)]. Every config keeps the float32
 # accumulator at <= 64 registers per thread (BLOCK_N * BLOCK_V / (32 * num_warps)), which leaves room
-# for the statistics epilogue without spills on sm_80 and sm_90 (tools/triton_aot.py checks it).
-# kinds: "argmax" (temperature 0), "sample" (the Gumbel epilogue needs more registers: narrower
-# tiles at 128 rows), "unaligned" (D or a row stride not a multiple of 16 elements: no asynchronous
-# copies, so no pipeline, and small tiles).
+# for the statistics epilogue without spills on sm_80 and sm_90 (tools/triton_aot.py checks each).
+# kinds: "argmax" (temperature 0), "sample" (the Gumbel epilogue), "unaligned" (D or a row stride
+# not a multiple of 16 elements: no asynchronous copies, so no pipeline, and small tiles).
 _TABLE = {
     # few rows: reading the weight is the cost; deep pipelines keep many loads in flight
     (16, "argmax"): [(128, 64, 4, 4), (256, 64, 4, 3), (64, 128, 4, 4)],
-    (32, "argmax"): [(128, 64, 4, 4), (256, 64, 8, 3), (64, 128, 4, 4)],
-    (64, "argmax"): [(128, 64, 4, 4), (256, 64, 8, 3), (128, 64, 8, 4)],
+    (32, "argmax"): [(128, 64, 8, 4), (256, 64, 8, 3), (64, 128, 4, 4)],
+    (64, "argmax"): [(128, 64, 8, 4), (256, 64, 8, 3), (64, 64, 4, 4)],
     # many rows: a tensor-core GEMM with a statistics epilogue per vocabulary tile
     (128, "argmax"): [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 5)],
+    # the Gumbel epilogue needs more registers: at most 32 accumulator registers per thread
+    (64, "sample"): [(128, 64, 8, 4), (64, 64, 4, 4)],
     (128, "sample"): [(64, 64, 8, 3), (64, 64, 8, 4), (64, 32, 8, 5)],
     (16, "unaligned"): [(64, 32, 4, 1)],
     (32, "unaligned"): [(64, 32, 4, 1)],
     (64, "unaligned"): [(64, 32, 4, 1)],
     (128, "unaligned"): [(64, 32, 8, 1)],
 }
-for _bn in (16, 32, 64):
+for _bn in (16, 32):
     _TABLE[(_bn, "sample")] = _TABLE[(_bn, "argmax")]
 # float32 inputs: each shape with half the K step when its 16-bit tiles would not fit in shared memory
 _ALL_CONFIGS = [triton.Config({"BLOCK_V": bv, "BLOCK_K": k}, num_warps=w, num_stages=st)
@@ -390,7 +391,8 @@ def _linear_stats_triton(
     sup_arg = suppress if suppress is not None else hidden
     common = dict(HAS_BIAS=bias is not None, HAS_SUPPRESS=suppress is not None, SAMPLE=sample)
     args = (hidden, weight, b_arg, sup_arg, counters, part_f, part_i,
-            N, D, V, mask_id, chunk, bn, hidden.stride(0), weight.stride(0), logit_scale, inv_temp, seed_key)
+            N, D, V, mask_id, chunk, triton.next_power_of_2(N), hidden.stride(0), weight.stride(0), logit_scale, inv_temp,
+            seed_key)
     meta = dict(common, PRECISION="ieee" if interp else precision, INTERPRET=interp, BLOCK_N=bn)
     grid = (triton.cdiv(N, bn), S)
     if fixed:
