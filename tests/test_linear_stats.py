@@ -34,7 +34,7 @@ def run(impl, hidden, weight, tokens, mask_id, **kw):
         kw.setdefault("chunk_size", 64)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ls_mod, "_chunk_op_available", lambda: False)
-            mp.setattr(ls_mod, "triton_interpret", lambda: False)
+            mp.setattr(ls_mod._utils, "triton_interpret", lambda: False)
             assert ls_mod._resolve("auto", hidden.device) == "torch"
             return rm_linear_stats(hidden, weight, tokens, mask_id, impl="auto", **kw)
     if impl == "ext":

@@ -10,6 +10,11 @@ both for
   ``trust_remote_code``): outputs with ``.logits`` are unwrapped, and the embeddings keyword is
   found from the forward signature (``inputs_embeds``, or LLaDA's ``input_embeddings``).
 
+Models whose logits for position ``i`` are the output at ``i - 1`` (Dream) declare it with an
+attribute ``logits_shift = 1`` (:class:`~rmkernels.models.DreamModel` does; a Hugging Face Dream
+object is recognised by ``config.model_type == "Dream"``): the adapter applies the shift, so the
+decoder always sees per-position logits (position 0 keeps its own output).
+
 The adapter also holds the HER LayerNorm (:class:`~rmkernels.history.HistoryNorm`, the only new
 parameters), saved and loaded with safetensors.
 
@@ -19,9 +24,9 @@ logits, and ``rm_linear_stats`` computes the statistics without writing them. Tw
 can give hidden states:
 
 * models whose forward takes ``return_hidden=True`` and then returns an object with ``.hidden``
-  ``[B, L, D]`` (the final-normed states the head reads); the head is
-  ``model.get_output_embeddings()`` (``.weight [E, D]``, optional ``.bias``) and the vocabulary
-  ``model.config.vocab_size`` (head rows beyond it are padding);
+  ``[B, L, D]`` (the final-normed states the head reads: the native LLaDA / Dream models); the
+  head is ``model.get_output_embeddings()`` (``.weight [E, D]``, optional ``.bias``) and the
+  vocabulary ``model.config.vocab_size`` (head rows beyond it are padding);
 * any other ``nn.Module`` with ``get_output_embeddings()`` (Hugging Face models): for one call the
   output embedding's forward is replaced by a capturing identity, so the model runs up to the head
   and the head's input is kept. This assumes the model's logits are exactly ``head(hidden)`` (no
@@ -29,8 +34,7 @@ can give hidden states:
   ``final_logit_softcapping`` are refused); the vocabulary is then the head's row count, as the
   logits have.
 
-``model.logits_shift`` (0 LLaDA, 1 Dream: the logits of position i come from output i - 1,
-position 0 keeps its own) is applied by the adapter to logits and hidden states alike.
+The logits shift is applied to hidden states exactly as to logits.
 """
 from __future__ import annotations
 
@@ -66,23 +70,31 @@ class RMModel(nn.Module):
     history_norm : HistoryNorm, optional
         The HER LayerNorm. When ``None`` and the model exposes ``get_input_embeddings()``, a
         default one (weight 1, bias 0) is created on the embedding's device.
+    logits_shift : {0, 1}, optional
+        1: the model's output at ``i - 1`` is the prediction for position ``i``. Default: the
+        model's ``logits_shift`` attribute, else 1 for a model whose ``config.model_type`` is
+        ``"Dream"``, else 0.
     """
 
-    def __init__(self, model, history_norm: HistoryNorm | None = None):
+    def __init__(self, model, history_norm: HistoryNorm | None = None, logits_shift: int | None = None):
         super().__init__()
         if not callable(model):
             raise ValueError(f"model must be callable, got {type(model).__name__}")
         self.model = model
+        if logits_shift is None:
+            logits_shift = getattr(model, "logits_shift", None)
+        if logits_shift is None:
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            logits_shift = 1 if model_type == "Dream" else 0
+        if logits_shift not in (0, 1) or isinstance(logits_shift, bool):
+            raise ValueError(f"logits_shift must be 0 or 1, got {logits_shift!r}")
+        self._logits_shift = int(logits_shift)
         get = getattr(model, "get_input_embeddings", None)
         self._embedding = get() if callable(get) else None
         params = _forward_params(model)
         self._embeds_kw = next((k for k in _EMBED_KWARGS if params is None or k in params), None)
         self._takes_mask = params is None or "attention_mask" in params
         self._returns_hidden = params is not None and "return_hidden" in params
-        shift = getattr(model, "logits_shift", 0)
-        if isinstance(shift, bool) or not isinstance(shift, int) or shift not in (0, 1):
-            raise ValueError(f"model.logits_shift must be 0 or 1, got {shift!r}")
-        self.logits_shift = shift
         if history_norm is None and self._embedding is not None:
             w = self._embedding.weight
             history_norm = HistoryNorm(w.shape[1], device=w.device)
@@ -93,6 +105,11 @@ class RMModel(nn.Module):
     def embedding_weight(self) -> torch.Tensor | None:
         """The input embedding table ``[V, D]`` (``None`` for models that do not expose it)."""
         return None if self._embedding is None else self._embedding.weight
+
+    @property
+    def logits_shift(self) -> int:
+        """1 when the model's output at ``i - 1`` predicts position ``i`` (applied in :meth:`forward`), else 0."""
+        return self._logits_shift
 
     @property
     def supports_history(self) -> bool:
@@ -123,10 +140,10 @@ class RMModel(nn.Module):
         return kwargs
 
     def _shift(self, t: torch.Tensor) -> torch.Tensor:
-        """Apply ``logits_shift`` along positions (dim 1): output i - 1 serves position i, position 0 its own."""
-        if self.logits_shift == 0 or t.shape[1] == 0:
-            return t
-        return torch.cat([t[:, :1], t[:, :-1]], dim=1)
+        """Apply the logits shift along positions (dim 1) of logits or hidden states ``[B, L, ...]``."""
+        if self._logits_shift and t.dim() == 3 and t.shape[1] > 1:
+            t = torch.cat([t[:, :1], t[:, :-1]], dim=1)  # position i <- output at i - 1
+        return t
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None) -> torch.Tensor:
         out = self.model(**self._call_kwargs(input_ids, inputs_embeds, attention_mask))
@@ -173,7 +190,7 @@ class RMModel(nn.Module):
         return w, b, V
 
     def hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None) -> torch.Tensor:
-        """The LM head's input ``[B, L, D]`` for these inputs (``logits_shift`` applied)."""
+        """The LM head's input ``[B, L, D]`` for these inputs (the logits shift applied)."""
         kwargs = self._call_kwargs(input_ids, inputs_embeds, attention_mask)
         if self._returns_hidden:
             out = self.model(**kwargs, return_hidden=True)

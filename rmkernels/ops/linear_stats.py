@@ -27,19 +27,15 @@ torch code (:func:`_fold_chunk_torch`).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+from rmkernels import _utils
 from rmkernels._ext import extension_available, require_extension
-from rmkernels._utils import (
-    FLOAT_DTYPES,
-    INT_DTYPES,
-    check_index,
-    check_same_device,
-    check_tensor,
-    triton_interpret,
-)
+from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_index, check_same_device, check_tensor
 from rmkernels.ops._triton_rng import row_key
 from rmkernels.ops.rm_stats import RMStats, _score
 from rmkernels.reference.linear_stats import rm_linear_stats_reference
@@ -371,13 +367,24 @@ def _linear_stats_triton(
     N, D = hidden.shape
     V = vocab_size
     device = hidden.device
+    # the kernels read rows through one stride and a unit last stride, tokens / counters as contiguous
+    # vectors: normalise whatever the caller passed (the public function already did)
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    tokens, counters = tokens.reshape(-1).contiguous(), counters.reshape(-1).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    suppress = None if suppress is None else suppress.contiguous()
     outs = _alloc_outputs(N, device)
     if N == 0:
         return outs
     sample = temperature > 0
     inv_temp = 1.0 / temperature if sample else 1.0
     precision = "tf32" if (allow_tf32 or hidden.dtype != torch.float32) else "ieee"
-    interp = triton_interpret()  # (on CPU without the interpreter only tools/triton_aot.py gets here)
+    # the environment, not _utils.triton_interpret(): tools/triton_aot.py patches that to reach this
+    # launcher on CPU tensors and must see the GPU's code path
+    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fixed = interp or (block_v > 0 and block_k > 0)
     if interp:
         bn, bv, bk = (block_n or _INTERPRET_BLOCKS[0], block_v or _INTERPRET_BLOCKS[1], block_k or _INTERPRET_BLOCKS[2])
@@ -563,10 +570,10 @@ def _resolve(impl: str, device: torch.device) -> str:
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {list(_IMPLS)}, got {impl!r}")
     if impl == "auto":
-        if device.type == "cuda" or triton_interpret():
+        if device.type == "cuda" or _utils.triton_interpret():
             return "triton"
         return "ext" if _chunk_op_available() else "torch"
-    if impl == "triton" and device.type != "cuda" and not triton_interpret():
+    if impl == "triton" and device.type != "cuda" and not _utils.triton_interpret():
         raise ValueError(
             "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before rmkernels kernels are "
             f"imported to run in the CPU interpreter (got device {device})"
