@@ -1,65 +1,40 @@
 """GPU benchmark of rm_linear_stats (fused LM head + RM statistics) against cuBLAS GEMM + rm_stats.
 
-    python benchmarks/gpu_linear_stats.py --out DIR [--dry-run]
+    python benchmarks/gpu_linear_stats.py --out DIR              # CUDA (about 60 s on an H200)
+    python benchmarks/gpu_linear_stats.py --out DIR --dry-run    # CPU, tiny shapes, interpreter
 
 bf16, D = 4096, V = 126464 (LLaDA-8B's head), N in {32, 1024, 8192} rows. Per N, in one run:
-time of the fused kernel vs ``logits = h @ W.T`` (cuBLAS, bf16 logits) followed by ``rm_stats``
-(goals: <= 1.0x at N >= 1024, <= 0.8x at N = 32); peak memory above the inputs of both (goal:
-fused <= 1/20 of unfused); achieved TFLOP/s as a share of a plain bf16 GEMM measured in the same
-run (8192^3, the tensor-core roofline we can reach) and of the unfused GEMM alone; GB/s of the
-weight read as a share of a measured device copy bandwidth (the bound at small N). Correctness:
-ids against the float32-logits reference (equal except at logit near-ties). Writes
-``DIR/gpu_linear_stats.json`` and ``.md``. ``--dry-run``: tiny shapes on the CPU with Triton in the
-interpreter (tests the plumbing; no timing meaning).
+
+* time of the fused kernel vs ``logits = h @ W.T`` (cuBLAS, bf16 logits) followed by ``rm_stats``
+  (Triton), both eager, the L2 flushed before each call (goals: <= 1.0x at N >= 1024, <= 0.8x at
+  N = 32), and vs the GEMM alone;
+* peak memory above the inputs (``max_memory_allocated`` over a clean baseline) of both paths
+  (goal: fused <= 1/20 of unfused);
+* achieved TFLOP/s (2 N D V) as a share of a plain 8192^3 bf16 GEMM measured in the same run (the
+  tensor-core roofline we can reach), and GB/s of the weight read as a share of the measured copy
+  bandwidth (the bound at small N);
+* correctness: ids against the float32-logits reference (equal except at logit near-ties) and
+  probabilities within 1e-3.
+
+Writes the table ``gpu_linear_stats``; exits 1 if a correctness check fails.
 """
-import argparse
-import datetime
 import os
 import sys
 import time
 
-if "--dry-run" in sys.argv:
-    os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu_common import (  # noqa: E402
+    DEV, DRY_RUN, TIMING, Results, bench_ms, copy_bandwidth_gbs, device_info, parse_args, ratio,
+)
 
 import torch  # noqa: E402
-import triton  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _gpu_common import write_results  # noqa: E402
 
 from rmkernels import rm_linear_stats, rm_stats  # noqa: E402
 
-NAME = "gpu_linear_stats"
 
-
-def timer(dev: str):
-    """``bench(fn, iters) -> ms per call``: CUDA events on the GPU, wall clock in the dry run."""
-    if dev == "cuda":
-        def bench(fn, iters=20, warmup=3):
-            for _ in range(warmup):
-                fn()
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(iters):
-                fn()
-            b.record()
-            torch.cuda.synchronize()
-            return a.elapsed_time(b) / iters
-    else:
-        def bench(fn, iters=1, warmup=0):  # the dry run only tests the plumbing
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            return (time.perf_counter() - t) * 1e3 / iters
-    return bench
-
-
-def peak_mib(fn, dev: str) -> float:
-    """Peak memory allocated during ``fn()`` above what was allocated before (MiB; nan on CPU)."""
-    if dev != "cuda":
-        fn()
+def peak_mib(fn) -> float:
+    """Peak memory allocated during ``fn()`` above what was allocated before it, MiB (CUDA only)."""
+    if DEV != "cuda":
         return float("nan")
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -72,82 +47,65 @@ def peak_mib(fn, dev: str) -> float:
     return peak / 2**20
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--rows", default=None, help="comma-separated N (default 32,1024,8192; dry run 3,20)")
-    args = ap.parse_args()
-    dev = "cpu" if args.dry_run else "cuda"
-    if dev == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device (use --dry-run to test the plumbing on CPU)")
-    D, V = (24, 90) if args.dry_run else (4096, 126464)
-    rows = [int(n) for n in (args.rows or ("3,20" if args.dry_run else "32,1024,8192")).split(",")]
-    dtype = torch.bfloat16
-    bench = timer(dev)
-    meta = {"gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu (dry run)",
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "date": datetime.date.today().isoformat(), "dtype": "bfloat16", "D": D, "V": V, "dry_run": args.dry_run}
-    g = torch.Generator(device=dev).manual_seed(0)
-    w = (torch.randn(V, D, device=dev, generator=g) * D ** -0.5).to(dtype)
-    M = V - 1
-    if dev == "cuda":
-        # the reachable tensor-core roofline (a large plain bf16 GEMM) and the copy bandwidth
-        a = torch.randn(8192, 8192, device=dev, dtype=dtype)
-        t = bench(lambda: a @ a, iters=10)
-        meta["gemm_tflops"] = 2 * 8192**3 / (t * 1e-3) / 1e12
-        del a
-        src = torch.empty(2 * 2**30, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        t = bench(lambda: dst.copy_(src), iters=10)
-        meta["copy_GBps"] = 2 * src.numel() / (t * 1e-3) / 1e9
-        del src, dst
-        torch.cuda.empty_cache()
-    print(f"{meta['gpu']} torch {meta['torch']} triton {meta['triton']} cuda {meta['cuda']} bf16 D={D} V={V} "
-          f"gemm {meta.get('gemm_tflops', float('nan')):.0f} TFLOP/s copy {meta.get('copy_GBps', float('nan')):.0f} GB/s",
-          flush=True)
+def gemm_tflops() -> float:
+    """A plain 8192^3 bf16 GEMM: the tensor-core throughput reachable on this device."""
+    if DEV != "cuda":
+        return float("nan")
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ a, iters=10, warmup=3, flush=False)
+    del a
+    torch.cuda.empty_cache()
+    return 2 * 8192**3 / (ms * 1e-3) / 1e12
 
-    out_rows = []
+
+def main():
+    args = parse_args(__doc__, lambda ap: ap.add_argument("--rows", help="comma-separated N (default 32,1024,8192)"))
+    D, V = (24, 90) if DRY_RUN else (4096, 126464)
+    rows = [int(n) for n in (args.rows or ("3,20" if DRY_RUN else "32,1024,8192")).split(",")]
+    meta = device_info()
+    meta.update(dtype="bfloat16", shape=f"N x D={D} hidden, V={V} x D head", copy_GBps=copy_bandwidth_gbs(),
+                gemm_TFLOPs=gemm_tflops(), timing=TIMING.split("; speedup")[0] + "; both paths eager")
+    res = Results(args.out, "gpu_linear_stats", meta,
+                  ["N", "correct", "ids_agree", "fused_ms", "unfused_ms", "time_ratio", "goal", "gemm_ms",
+                   "fused_MiB", "unfused_MiB", "mem_ratio", "TFLOPs", "roofline_%", "GB/s", "copy_%"])
+    g = torch.Generator(device=DEV).manual_seed(0)
+    w = torch.randn(V, D, device=DEV, generator=g).mul_(D ** -0.5).to(torch.bfloat16)
+    M = V - 1
+    ok_all = True
     for N in rows:
         t0 = time.perf_counter()
-        h = (torch.randn(N, D, device=dev, generator=g)).to(dtype)
-        x = torch.randint(0, V, (N,), device=dev, generator=g)
+        h = torch.randn(N, D, device=DEV, generator=g).to(torch.bfloat16)
+        x = torch.randint(0, V, (N,), device=DEV, generator=g)
         fused = lambda: rm_linear_stats(h, w, x, M, check=False, impl="triton")  # noqa: E731
-        gemm = lambda: h @ w.T  # noqa: E731
         unfused = lambda: rm_stats(h @ w.T, x, M, check=False, impl="triton")  # noqa: E731
+        gemm = lambda: h @ w.T  # noqa: E731
         got = fused()  # compiles and autotunes
-        ref = rm_linear_stats(h, w, x, M, impl="reference", check=False)  # float32 logits
-        agree = float((got.top_id == ref.top_id).float().mean()) * 0.5 + float((got.best_id == ref.best_id).float().mean()) * 0.5
+        ref = rm_linear_stats(h, w, x, M, check=False, impl="reference")  # float32 logits
+        same = (got.top_id == ref.top_id) & (got.best_id == ref.best_id)
+        agree = float(same.float().mean())
         pdiff = max(float((getattr(got, k) - getattr(ref, k)).abs().max()) for k in ("top_p", "mask_p", "cur_p", "best_p"))
-        del ref
-        iters = 10 if N >= 4096 else 20
-        if args.dry_run:
-            iters = 1
-        t_fused, t_unfused, t_gemm = bench(fused, iters), bench(unfused, iters), bench(gemm, iters)
-        m_fused, m_unfused = peak_mib(fused, dev), peak_mib(unfused, dev)
-        flops = 2.0 * N * D * V
-        tflops = flops / (t_fused * 1e-3) / 1e12
-        gbs = (V * D + N * D) * 2 / (t_fused * 1e-3) / 1e9  # the weight (and hidden) read once
-        row = {
-            "N": N, "ids_agree": agree, "max_p_diff": pdiff, "fused_ms": t_fused, "gemm_ms": t_gemm,
-            "unfused_ms": t_unfused, "time_ratio": t_fused / t_unfused,
-            "goal_time": "<= 0.8" if N <= 32 else "<= 1.0",
-            "fused_MiB": m_fused, "unfused_MiB": m_unfused, "mem_ratio": m_fused / m_unfused if m_unfused else float("nan"),
-            "TFLOPs": tflops, "roofline_share": tflops / meta["gemm_tflops"] if "gemm_tflops" in meta else float("nan"),
-            "vs_gemm_alone": t_gemm / t_fused, "GB/s": gbs,
-            "copy_share": gbs / meta["copy_GBps"] if "copy_GBps" in meta else float("nan"),
-            "wall_s": time.perf_counter() - t0,
-        }
-        out_rows.append(row)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        del h, x, got
-        if dev == "cuda":
+        del ref, got
+        correct = agree >= 0.99 and pdiff < 1e-3
+        ok_all &= correct
+        iters = 1 if DRY_RUN else (5 if N >= 4096 else 20)
+        t_fused = bench_ms(fused, iters=iters)
+        t_unfused = bench_ms(unfused, iters=iters)
+        t_gemm = bench_ms(gemm, iters=iters)
+        m_fused, m_unfused = peak_mib(fused), peak_mib(unfused)
+        tflops = 2.0 * N * D * V / (t_fused * 1e-3) / 1e12
+        gbs = (V * D + N * D) * 2 / (t_fused * 1e-3) / 1e9  # the weight and hidden read once
+        res.add({
+            "N": N, "correct": correct, "ids_agree": agree, "max_p_diff": pdiff,
+            "fused_ms": t_fused, "unfused_ms": t_unfused, "time_ratio": ratio(t_fused, t_unfused),
+            "goal": "<= 0.8" if N <= 32 else "<= 1.0", "gemm_ms": t_gemm, "fused_vs_gemm": ratio(t_fused, t_gemm),
+            "fused_MiB": m_fused, "unfused_MiB": m_unfused, "mem_ratio": ratio(m_fused, m_unfused),
+            "TFLOPs": tflops, "roofline_%": 100 * ratio(tflops, meta["gemm_TFLOPs"]),
+            "GB/s": gbs, "copy_%": 100 * ratio(gbs, meta["copy_GBps"]), "wall_s": time.perf_counter() - t0,
+        })
+        del h, x
+        if DEV == "cuda":
             torch.cuda.empty_cache()
-    write_results(args.out, NAME, meta, out_rows,
-                  ["N", "ids_agree", "max_p_diff", "fused_ms", "unfused_ms", "time_ratio", "goal_time", "gemm_ms",
-                   "fused_MiB", "unfused_MiB", "mem_ratio", "TFLOPs", "roofline_share", "GB/s", "copy_share"])
-    bad = [r for r in out_rows if r["ids_agree"] < 0.99 or not r["max_p_diff"] < 1e-3]
-    sys.exit(1 if bad else 0)
+    sys.exit(0 if ok_all else 1)
 
 
 if __name__ == "__main__":

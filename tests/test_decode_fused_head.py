@@ -194,3 +194,45 @@ def test_fused_head_bad_input():
     model.logits_shift = 2
     with pytest.raises(ValueError, match="logits_shift"):
         RMModel(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# the native LLaDA / Dream models (return_hidden=True; Dream's logits shift; LLaDA's padding rows)
+# ---------------------------------------------------------------------------------------------
+def native_model(kind: str, seed: int):
+    from rmkernels.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModel
+
+    torch.manual_seed(seed)
+    if kind == "llada":
+        cfg = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=48, vocab_size=V,
+                          embedding_size=V + PAD, rope_theta=1000.0, mask_token_id=M, max_sequence_length=64)
+        model = LLaDAModel(cfg)
+    else:
+        cfg = DreamConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, rope_theta=1000.0, vocab_size=V, mask_token_id=M,
+                          max_position_embeddings=64)
+        model = DreamModel(cfg)
+    with torch.no_grad():  # weights large enough that the decoding depends on the context
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            head.bias.normal_(0.0, 1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("case", [1, 2])
+def test_native_models_fused_head(kind, case):
+    """LLaDAModel / DreamModel: fused == full logits, fused fast == fused reference (HER, CFG, sampling)."""
+    model = native_model(kind, case)
+    rm = RMModel(model, random_norm(32, case))
+    assert rm.supports_fused_head and rm.lm_head()[2] == V and rm.logits_shift == (kind == "dream")
+    ids, am = prompts_batch(case)
+    cfg = DecodeConfig(**CASES[case], record_trajectory=True)
+    full = generate(rm, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, impl="reference")
+    fused = generate(rm, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, fused_head=True)
+    ref = generate(rm, ids, cfg, mask_id=M, attention_mask=am, gen_length=8, fused_head=True, impl="reference")
+    assert_same_decode(full, fused)
+    assert_same_decode(ref, fused)

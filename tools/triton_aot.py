@@ -305,14 +305,15 @@ def workloads():
                 x = torch.randint(0, V, (N,))
                 op.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x, torch.arange(N), V,
                                        mask_id, 1.0, temp, 123, False, split, 0, 0, 0)
-        for N in (7, 200):  # D = 99: no divisibility anywhere
-            h = torch.randn(N, 99).to(torch.bfloat16)
-            W2 = torch.randn(V, 99).to(torch.bfloat16)
+        for N, dt in ((7, torch.bfloat16), (200, torch.bfloat16), (40, torch.float32)):  # D = 99: no divisibility
+            h = torch.randn(N, 99).to(dt)
+            W2 = torch.randn(V, 99).to(dt)
             op.linear_stats_triton(h, W2, None, None, torch.zeros(N, dtype=torch.long), torch.arange(N), V, 3, 1.0,
                                    0.0, 1, False, 0, 0, 0, 0)
         # the public function's fixed-tile path (tuning override), strided inputs, V - 1 == mask
         h = torch.randn(6, 2 * D).to(torch.bfloat16)[:, ::2]
-        rm_linear_stats(h, W[:V], torch.randint(0, V, (12,))[::2], V - 1, temperature=0.5, seed=1,
+        W = torch.randn(V, D).to(torch.bfloat16)
+        rm_linear_stats(h, W, torch.randint(0, V, (12,))[::2], V - 1, temperature=0.5, seed=1,
                         blocks=(16, 64, 32), check=False, impl="triton")
 
     return {"rm_stats": stats, "rm_loss": loss, "rm_linear_loss": linear, "linear_stats": linear_stats}

@@ -230,11 +230,12 @@ def _lstats_reduce_kernel(
 # ----------------------------------------------------------------------------------------------
 # Tuning: the row tile comes from N, the rest is autotuned on the GPU
 # ----------------------------------------------------------------------------------------------
-# (BLOCK_N, kind) -> [(BLOCK_V, BLOCK_K, num_warps, num_stages)]. Every config keeps the float32
-# accumulator at <= 64 registers per thread (BLOCK_N * BLOCK_V / (32 * num_warps)), which leaves room
-# for the statistics epilogue without spills on sm_80 and sm_90 (tools/triton_aot.py checks each).
-# kinds: "argmax" (temperature 0), "sample" (the Gumbel epilogue), "unaligned" (D or a row stride
-# not a multiple of 16 elements: no asynchronous copies, so no pipeline, and small tiles).
+# (BLOCK_N, kind) -> [(BLOCK_V, BLOCK_K, num_warps, num_stages)], each checked by tools/triton_aot.py
+# to compile for sm_80 and sm_90 without register spills. kinds: "argmax" (16-bit inputs, temperature
+# 0: at most 64 accumulator registers per thread, BLOCK_N * BLOCK_V / (32 * num_warps)), "sample"
+# (the Gumbel epilogue: at most 32), "fp32" (float32 inputs: tl.dot keeps its operands in registers,
+# so narrow K steps), "unaligned" (D or a row stride not a multiple of 16 elements: no asynchronous
+# copies to pipeline, small tiles).
 _TABLE = {
     # few rows: reading the weight is the cost; deep pipelines keep many loads in flight
     (16, "argmax"): [(128, 64, 4, 4), (256, 64, 4, 3), (64, 128, 4, 4)],
@@ -242,20 +243,21 @@ _TABLE = {
     (64, "argmax"): [(128, 64, 8, 4), (256, 64, 8, 3), (64, 64, 4, 4)],
     # many rows: a tensor-core GEMM with a statistics epilogue per vocabulary tile
     (128, "argmax"): [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 5)],
-    # the Gumbel epilogue needs more registers: at most 32 accumulator registers per thread
     (64, "sample"): [(128, 64, 8, 4), (64, 64, 4, 4)],
-    (128, "sample"): [(64, 64, 8, 3), (64, 64, 8, 4), (64, 32, 8, 5)],
-    (16, "unaligned"): [(64, 32, 4, 1)],
-    (32, "unaligned"): [(64, 32, 4, 1)],
-    (64, "unaligned"): [(64, 32, 4, 1)],
-    (128, "unaligned"): [(64, 32, 8, 1)],
+    (128, "sample"): [(64, 64, 8, 3), (64, 64, 8, 4), (64, 32, 8, 4)],
+    (16, "fp32"): [(64, 32, 4, 3), (128, 32, 4, 3)],
+    (32, "fp32"): [(64, 32, 4, 3), (64, 16, 4, 4)],
+    (64, "fp32"): [(64, 16, 4, 4), (64, 16, 8, 3)],
+    (128, "fp32"): [(64, 16, 8, 4), (64, 16, 8, 3)],
+    (16, "unaligned"): [(64, 16, 4, 1)],
+    (32, "unaligned"): [(64, 16, 4, 1)],
+    (64, "unaligned"): [(64, 16, 4, 1)],
+    (128, "unaligned"): [(64, 16, 8, 1)],
 }
 for _bn in (16, 32):
     _TABLE[(_bn, "sample")] = _TABLE[(_bn, "argmax")]
-# float32 inputs: each shape with half the K step when its 16-bit tiles would not fit in shared memory
-_ALL_CONFIGS = [triton.Config({"BLOCK_V": bv, "BLOCK_K": k}, num_warps=w, num_stages=st)
-                for bv, bk, w, st in dict.fromkeys(c for t in _TABLE.values() for c in t) for k in (bk, bk // 2)]
-_SMEM_LIMIT = 160 * 1024  # sm_80 allows 163 KB of shared memory per block, sm_90 227 KB
+_ALL_CONFIGS = [triton.Config({"BLOCK_V": bv, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+                for bv, bk, w, st in dict.fromkeys(c for t in _TABLE.values() for c in t)]
 _ALIGN = 256  # vocabulary slices start on a multiple of every BLOCK_V
 # the interpreter runs one fixed small config (tests override it to cross tile boundaries)
 _INTERPRET_BLOCKS = (16, 32, 16)
@@ -273,31 +275,18 @@ def _shape(c):
     return c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
 
 
-def _smem(bn: int, c, elsize: int) -> int:
-    return c.num_stages * (bn + c.kwargs["BLOCK_V"]) * c.kwargs["BLOCK_K"] * elsize  # (an upper bound)
-
-
 def _kind(named_args, sample: bool) -> str:
     if any(int(named_args[k]) % 16 for k in ("D", "stride_hn", "stride_wv")):
         return "unaligned"
+    if named_args["h_ptr"].element_size() == 4:
+        return "fp32"
     return "sample" if sample else "argmax"
 
 
 def _prune(configs, named_args, **kwargs):
-    """This row tile's and kind's shapes, each with its K step halved when the tiles would not fit in
-    shared memory (float32 inputs)."""
-    bn = kwargs["BLOCK_N"]
-    elsize = named_args["h_ptr"].element_size()
-    by_shape = {_shape(c): c for c in configs}
-    keep = []
-    for bv, bk, w, st in _TABLE[(bn, _kind(named_args, kwargs["SAMPLE"]))]:
-        for k in (bk, bk // 2):
-            c = by_shape[(bv, k, w, st)]
-            if _smem(bn, c, elsize) <= _SMEM_LIMIT:
-                keep.append(c)
-                break
-    return keep or [min((by_shape[(bv, bk // 2, w, st)] for bv, bk, w, st in _TABLE[(bn, "argmax")]),
-                        key=lambda c: _smem(bn, c, elsize))]
+    """The configs of this row tile and kind (see ``_TABLE``)."""
+    table = _TABLE[(kwargs["BLOCK_N"], _kind(named_args, kwargs["SAMPLE"]))]
+    return [c for c in configs if _shape(c) in table]
 
 
 _lstats_partial_tuned = triton.autotune(
@@ -521,9 +510,10 @@ def _finish_cpu(state, best_id, tokens, V, mask_id):
 
 
 def _default_chunk(N: int, V: int) -> int:
-    """Vocabulary columns per chunk: about 2**20 float32 logits (4 MB), so the buffer the matmul
-    writes is still in cache when the statistics pass reads it (benchmarks/bench_linear_stats.py)."""
-    return max(64, min(V, (2**20 // max(N, 1)) // 64 * 64))
+    """Vocabulary columns per chunk: about 2**22 float32 logits (16 MiB, held in a 32 MiB L3 while the
+    statistics pass reads them back), at least 1024 columns so each matmul stays efficient
+    (benchmarks/bench_linear_stats.py)."""
+    return max(64, min(V, max(1024, (2**22 // max(N, 1)) // 64 * 64)))
 
 
 def _linear_stats_chunked(hidden, weight, bias, suppress_idx, tokens, counters, V, mask_id, logit_scale,
@@ -690,7 +680,7 @@ def rm_linear_stats(
         ``"auto"``: Triton on CUDA (and in the interpreter); on CPU the chunked path, with the
         C++ pass when the extension is built, else the same chunks folded by torch code.
     chunk_size : int, optional
-        CPU path: vocabulary columns per chunk (default: about 2**20 logits per chunk).
+        CPU path: vocabulary columns per chunk (default: about 2**22 logits per chunk, >= 1024 columns).
     split, blocks : optional
         Triton tuning overrides: vocabulary slices, and ``(BLOCK_N, BLOCK_V, BLOCK_K)``.
 
