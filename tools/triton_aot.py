@@ -305,6 +305,11 @@ def workloads():
                 x = torch.randint(0, V, (N,))
                 op.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x, torch.arange(N), V,
                                        mask_id, 1.0, temp, 123, False, split, 0, 0, 0)
+        # decoding on a GPU: few rows over hundreds of vocabulary slices (the reduce kernel's widest tile)
+        Wbig = torch.randn(126464, D).to(torch.bfloat16)
+        for temp in (0.0, 0.7):
+            op.linear_stats_triton(torch.randn(2, D).to(torch.bfloat16), Wbig, None, None, torch.zeros(2, dtype=torch.long),
+                                   torch.arange(2), 126464, 126463, 1.0, temp, 7, False, 512, 0, 0, 0)
         for N, dt in ((7, torch.bfloat16), (200, torch.bfloat16), (40, torch.float32)):  # D = 99: no divisibility
             h = torch.randn(N, 99).to(dt)
             W2 = torch.randn(V, 99).to(dt)
