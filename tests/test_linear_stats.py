@@ -11,7 +11,7 @@ import torch
 from conftest import HAS_CUDA, poison_like
 import rmkernels.ops.linear_stats as ls_mod
 from rmkernels import RMStats, rm_linear_stats, rm_stats
-from rmkernels.reference import linear_logits_reference, rm_stats_reference
+from rmkernels.reference import linear_logits_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
