@@ -8,7 +8,8 @@
 //           summed in float lanes per tile and in double across tiles;
 //   then the four probabilities exp(z_k - max) / s with std::exp.
 // With temperature > 0 the candidates are the Gumbel-max of z / T with the counter RNG of
-// rmkernels/reference/rng.py (bit-identical noise), computed in a separate scan.
+// rmkernels/reference/rng.py (bit-identical noise, every bit of the 64-bit counter used; SPEC §7),
+// computed in a separate scan.
 // Row status flags match the reference: 1 NaN, 2 all -inf, 4 token outside [0, V); flagged rows
 // get ids -1 and NaN probabilities, and an out-of-range token is never dereferenced.
 #pragma GCC diagnostic ignored "-Wpsabi"  // v8f in internal helpers: no ABI crosses this file
@@ -29,6 +30,8 @@ namespace rmk {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+constexpr uint32_t kHiSalt = 0x85EBCA6Bu;  // rmkernels/reference/rng.py HI_SALT
 
 inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
@@ -165,10 +168,13 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         }
       }
     } else {
-      const uint32_t row_key = mix32(mix32(static_cast<uint32_t>(counters[r] & 0xFFFFFFFF)) ^ seed_key);
+      // row state (k1, k2): a bijection of the whole 64-bit counter for a fixed seed (SPEC §7)
+      const uint64_t ctr = static_cast<uint64_t>(counters[r]);
+      const uint32_t k1 = mix32(mix32(static_cast<uint32_t>(ctr)) ^ seed_key);
+      const uint32_t k2 = mix32(mix32(static_cast<uint32_t>(ctr >> 32) ^ kHiSalt) ^ k1);
       float tv = kNegInf, bv = kNegInf;
       for (int64_t v = 0; v < V; ++v) {
-        const uint32_t h = mix32(row_key + static_cast<uint32_t>(v) * 0x9E3779B9u);
+        const uint32_t h = mix32(mix32(k1 + static_cast<uint32_t>(v) * 0x9E3779B9u) ^ k2);
         const float u = (static_cast<float>(h >> 8) + 0.5f) * 5.9604644775390625e-08f;
         const float score = to_f(z[v]) / temp_f - std::log(-std::log(u));
         if (score > tv) { tv = score; ti = v; }

@@ -7,20 +7,16 @@ import os
 import pytest
 import torch
 
+from rmkernels.cli import main
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
 from rmkernels.tasks.sudoku.data import make_boards, read_boards, write_boards
-from rmkernels.tasks.sudoku.grids import MASK_ID
-
-pytest.importorskip("rmkernels.decode.generate")
-pytest.importorskip("rmkernels.training.trainer")
-
-from rmkernels.cli import main  # noqa: E402
-from rmkernels.tasks.sudoku.checkpoint import load_checkpoint  # noqa: E402
-from rmkernels.tasks.sudoku.demo import render_frame, run_demo  # noqa: E402
-from rmkernels.tasks.sudoku.evaluate import (  # noqa: E402
+from rmkernels.tasks.sudoku.demo import render_frame, run_demo
+from rmkernels.tasks.sudoku.evaluate import (
     BASELINES, CHECKPOINT_DIR, SYSTEMS, checkpoint_path, decode_boards, decode_config, evaluate_suite,
     evaluate_system, load_boards)
-from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain  # noqa: E402
-from rmkernels.tasks.sudoku.train import PretrainConfig, pretrain  # noqa: E402
+from rmkernels.tasks.sudoku.grids import MASK_ID
+from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
+from rmkernels.tasks.sudoku.train import PretrainConfig, pretrain
 
 TINY = dict(dim=16, depth=1, heads=2)
 REF = "reference"  # eager ops: the Triton interpreter (set by conftest on CPU) is too slow for decoding loops
