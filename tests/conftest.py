@@ -2,6 +2,10 @@
 
 TRITON_INTERPRET must be set before any kernel module is imported, so it is set here, at the
 top of the first file pytest imports.
+
+Every test's random inputs are reproducible: torch, numpy's global generator and ``random`` are
+seeded from the test's node id before it runs (the seed is printed in the report of a failing
+test), module-scoped fixtures from the module's node id, and hypothesis runs derandomized.
 """
 import os
 import random
@@ -35,6 +39,14 @@ def seed_everything(seed: int) -> None:
 
 
 seed_everything(0)  # whatever runs at import / collection time
+
+try:  # property tests draw their examples deterministically too (a fixed derivation per test)
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("rmkernels", derandomize=True)
+    _hypothesis_settings.load_profile("rmkernels")
+except ImportError:  # hypothesis is a dev dependency; without it its tests fail to import
+    pass
 
 
 @pytest.fixture(scope="module", autouse=True)

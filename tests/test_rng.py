@@ -8,7 +8,6 @@ import triton
 import triton.language as tl
 from scipy import stats
 
-from conftest import HAS_CUDA
 from rmkernels import rm_stats
 from rmkernels.decode.reference import COUNTER_STRIDE
 from rmkernels.ops._triton_rng import gumbel, row_key, uniform_bits

@@ -15,7 +15,7 @@ from rmkernels.tasks.sudoku.evaluate import (
     BASELINES, CHECKPOINT_DIR, SYSTEMS, checkpoint_path, decode_boards, decode_config,
     evaluate_system, load_boards)
 from rmkernels.decode.trajectory import replay_statistics
-from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, is_valid
+from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, grid_clusters, is_valid
 from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
 from rmkernels.tasks.sudoku.train import PretrainConfig, pretrain
 
@@ -106,6 +106,10 @@ def test_cli_eval_end_to_end(tiny_dir, tmp_path, capsys):
     assert [(r["a"], r["b"], r["relation"]) for r in doc["ablation_ordering"]] == [("rm", "rm_hist", "<"),
                                                                               ("rm_hist", "full", "<=")]
     assert "published ablation ordering" in text and "| RM < RM + history (no rotation) |" in text
+    # the report says the boards cluster on seed grids, and its SEs are by cluster
+    clusters = len(set(grid_clusters(solution).tolist()))
+    assert f"the 6 boards are transforms of {clusters} seed grids" in text and "cluster-robust" in text
+    assert all(r["clusters"] == clusters for r in doc["ablation_ordering"])
     lines = preds.read_text().splitlines()
     _, final = evaluate_system("full", corrupted, solution, checkpoint_dir=tiny_dir, steps=4, kernels=REF)
     assert lines == ["".join("0" if v == MASK_ID else str(v + 1) for v in row) for row in final.tolist()]
