@@ -74,20 +74,23 @@ def row_state(seed: int, counters: torch.Tensor):
     return k1, k2
 
 
-def uniform_bits(seed: int, counters: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """The 32-bit hashes ``h`` as int64 ``[len(counters), n_cols]`` (same bits as the kernels)."""
+def uniform_bits(seed: int, counters: torch.Tensor, n_cols: int, col_start: int = 0) -> torch.Tensor:
+    """The 32-bit hashes ``h`` as int64 ``[len(counters), n_cols]`` of columns ``col_start, ...,
+    col_start + n_cols - 1`` (same bits as the kernels)."""
     k1, k2 = row_state(seed, counters.reshape(-1))
-    cols = torch.arange(n_cols, device=counters.device, dtype=torch.int64)
+    cols = torch.arange(col_start, col_start + n_cols, device=counters.device, dtype=torch.int64)
     return mix32(mix32(k1[:, None] + ((cols * GOLDEN) & MASK32)[None, :]) ^ k2[:, None])
 
 
-def uniform_noise(seed: int, counters: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """U(0, 1) float32 noise ``[len(counters), n_cols]`` (same bits as the kernels)."""
-    h = uniform_bits(seed, counters, n_cols)
+def uniform_noise(seed: int, counters: torch.Tensor, n_cols: int, col_start: int = 0) -> torch.Tensor:
+    """U(0, 1) float32 noise ``[len(counters), n_cols]`` of columns ``col_start, ..., col_start + n_cols - 1``
+    (same bits as the kernels)."""
+    h = uniform_bits(seed, counters, n_cols, col_start)
     return ((h >> 8).to(torch.float32) + 0.5) * (2.0**-24)
 
 
-def gumbel_noise(seed: int, counters: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """Standard Gumbel float32 noise ``[len(counters), n_cols]`` (same bits as the kernels)."""
-    u = uniform_noise(seed, counters, n_cols)
+def gumbel_noise(seed: int, counters: torch.Tensor, n_cols: int, col_start: int = 0) -> torch.Tensor:
+    """Standard Gumbel float32 noise ``[len(counters), n_cols]`` of columns ``col_start, ...,
+    col_start + n_cols - 1`` (same bits as the kernels)."""
+    u = uniform_noise(seed, counters, n_cols, col_start)
     return -torch.log(-torch.log(u))
