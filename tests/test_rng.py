@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 from scipy import stats
 
-from rmkernels import rm_stats
+from rmkernels import rm_linear_stats, rm_stats
 from rmkernels.decode.reference import COUNTER_STRIDE
 from rmkernels.ops._triton_rng import gumbel, row_key, uniform_bits
 from rmkernels.reference import rng
@@ -84,19 +84,24 @@ def test_triton_noise_is_the_reference_noise_bit_for_bit(seed, device):
     torch.testing.assert_close(g.cpu(), rng.gumbel_noise(seed, ctr.cpu(), V), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", SAMPLERS)
-def test_kernels_sample_the_reference_noise_at_large_counters_and_seeds(impl):
+@pytest.mark.parametrize("op,impl", [("rm_stats", i) for i in SAMPLERS]
+                         + [("rm_linear_stats", i) for i in ("triton", "ext", "reference")])
+def test_kernels_sample_the_reference_noise_at_large_counters_and_seeds(op, impl):
     """With equal logits the Gumbel-max candidate is the argmax of the noise itself: every
     implementation picks the column of the largest reference uniform (all 64 counter bits and the
-    full seed reach it; float32 log of distinct u never ties near the top)."""
-    V = 100
+    full seed reach it; float32 log of distinct u never ties near the top). The fused LM head gets
+    zero hidden states, so its logits are all 0 too."""
+    V, N = 100, len(BIG_COUNTERS)
     counters = torch.tensor(BIG_COUNTERS, dtype=torch.int64)
-    logits = torch.zeros(len(BIG_COUNTERS), V)
-    tokens = torch.zeros(len(BIG_COUNTERS), dtype=torch.long)
+    tokens = torch.zeros(N, dtype=torch.long)
     for seed in (2**63 + 11, -5):
         want = rng.uniform_bits(seed, counters, V).argmax(1)  # h >> 8 is monotone with u; max unique here
-        got = rm_stats(logits, tokens, V - 1, temperature=1.0, seed=seed, offset=counters, impl=impl)
-        assert torch.equal(got.top_id, want), (impl, seed)
+        kw = dict(temperature=1.0, seed=seed, offset=counters, impl=impl)
+        if op == "rm_stats":
+            got = rm_stats(torch.zeros(N, V), tokens, V - 1, **kw)
+        else:
+            got = rm_linear_stats(torch.zeros(N, 8), torch.randn(V, 8), tokens, V - 1, **kw)
+        assert torch.equal(got.top_id, want), (op, impl, seed)
 
 
 # ----------------------------------------------------------------------------------------------
