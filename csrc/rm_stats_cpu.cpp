@@ -158,7 +158,7 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         }
       }
     } else {
-      const uint32_t key = rng::row_key(seed_key, counters[r]);
+      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (SPEC §7)
       float tv = kNegInf, bv = kNegInf;
       for (int64_t v = 0; v < V; ++v) {
         const float score = to_f(z[v]) / temp_f + rng::gumbel(key, v);
@@ -265,7 +265,7 @@ void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const 
 enum : int { kM = 0, kS = 1, kBestScore = 2, kBestLogit = 3, kMaskLogit = 4, kMaskScore = 5, kCurLogit = 6, kState = 8 };
 
 inline void chunk_row(const float* z, int64_t C, int64_t col0, int64_t tok, int64_t mask_id, bool sample,
-                      float temp_f, uint32_t key, double* st, int64_t* best_id) {
+                      float temp_f, rng::RowKey key, double* st, int64_t* best_id) {
   const int64_t local_mask = mask_id - col0;
   const bool has_mask = local_mask >= 0 && local_mask < C;
   if (has_mask) {
@@ -327,7 +327,7 @@ void chunk_rows(const float* base, int64_t row_stride, int64_t b, int64_t e, int
   const bool sample = temperature > 0;
   const float temp_f = static_cast<float>(temperature);
   for (int64_t r = b; r < e; ++r) {
-    const uint32_t key = sample ? rng::row_key(seed_key, counters[r]) : 0u;
+    const rng::RowKey key = sample ? rng::row_key(seed_key, counters[r]) : 0u;
     chunk_row(base + r * row_stride, C, col0, tokens[r], mask_id, sample, temp_f, key, state + r * kState, best_id + r);
   }
 }

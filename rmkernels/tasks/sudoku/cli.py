@@ -93,8 +93,11 @@ def _cmd_eval(args) -> int:
     ordering = ablation_ordering(finals, solution) if system is None and len(corrupted) > 1 else []
     if ordering:
         order = ordering_table(ordering, TITLES)
+        order = (f"the published ablation ordering, paired over these boards (b minus a); the {len(corrupted)} "
+                 f"boards are transforms of {ordering[0]['clusters']} seed grids, so the standard errors are "
+                 "cluster-robust over seed-grid clusters\n\n" + order)
         table += "\n\n" + order
-        print("\nthe published ablation ordering, paired over these boards (b minus a)\n\n" + order)
+        print("\n" + order)
     if args.json:
         doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
                "rescue_ratio": args.rescue_ratio,

@@ -143,7 +143,66 @@ def is_valid(boards) -> torch.Tensor:
     return ((b >= 0) & (b < DIGITS)).all(1) & ~conflict_cells(b.clamp(0, MASK_ID)).any(1)
 
 
+_PAIRS = np.array([(a, b) for a in range(DIGITS) for b in range(a + 1, DIGITS)])  # [36, 2] digit pairs
+
+
+def _pair_cycle_codes(g: np.ndarray) -> np.ndarray:
+    """``[n, 36]`` sorted codes (18-byte records) of the two-digit cycles of grids ``g [n, 9, 9]``.
+
+    For digits ``a < b`` the 18 cells holding them split into closed cycles (each row and each
+    column holds one ``a`` and one ``b``). Every row of a cycle gets the code of its cycle: the
+    sorted counts of the cycle's rows per band and of its columns per stack. Per pair the 9 codes
+    are sorted, and the 36 pairs are sorted: the result does not depend on the order of the bands,
+    of the rows within a band, of the stacks, of the columns within a stack, or on the digits' names.
+    """
+    n = g.shape[0]
+    rows = np.arange(9)
+    col_of = np.empty((n, 9, 9), np.int64)  # [n, digit, row] -> column
+    row_of = np.empty((n, 9, 9), np.int64)  # [n, digit, column] -> row
+    idx = np.arange(n)[:, None, None]
+    col_of[idx, g, rows[None, :, None]] = rows[None, None, :]
+    row_of[idx, g, rows[None, None, :]] = rows[None, :, None]
+    a, b = _PAIRS[:, 0], _PAIRS[:, 1]
+    ca = col_of[:, a]  # [n, 36, 9]: column of a in each row
+    step = np.take_along_axis(row_of[:, b], ca, 2)  # row -> the row of b in that column: a permutation
+    label = cur = np.broadcast_to(rows, step.shape)
+    for _ in range(8):  # every row's cycle representative (its smallest row)
+        cur = np.take_along_axis(step, cur, 2)
+        label = np.minimum(label, cur)
+    # per cycle (indexed by its label): its rows per band and its columns per stack
+    slot = (np.arange(n * 36).reshape(n, 36, 1) * 9 + label) * 3  # [n, 36, 9]
+    count = lambda third: np.bincount((slot + third).ravel(), minlength=n * 36 * 27).reshape(n, 36, 9, 3)  # noqa: E731
+    band, stack = np.sort(count(rows // 3), -1), np.sort(count(ca // 3), -1)
+    code = (band * np.array([16, 4, 1])).sum(-1) * 64 + (stack * np.array([16, 4, 1])).sum(-1)  # [n, 36, label]
+    per_row = np.sort(np.take_along_axis(code, label, 2), 2).astype(">u2")  # [n, 36, 9], codes < 4096
+    # sort the 36 pairs of each grid by their 9 codes (18 big-endian bytes: lexicographic order)
+    return np.sort(np.ascontiguousarray(per_row).view(np.dtype((np.void, 18)))[..., 0], 1)  # [n, 36]
+
+
+def grid_fingerprint(grids) -> list:
+    """A symmetry-invariant fingerprint of each complete grid ``[n, 81]`` (values 0..8): equal for
+    grids related by any validity-preserving transform (relabelled digits, permuted bands / rows
+    within bands / stacks / columns within stacks, transposition), as ``bytes`` objects.
+
+    It is an invariant, not a canonical form: two grids that are not transforms of each other could
+    in principle share it (none of the thousands of generated seed grids tested do).
+    """
+    g = np.asarray(grids, dtype=np.int64).reshape(-1, 9, 9)
+    if g.size and (g.min() < 0 or g.max() >= DIGITS):
+        raise ValueError("grids must be complete: values 0..8")
+    direct, transposed = _pair_cycle_codes(g), _pair_cycle_codes(g.transpose(0, 2, 1))
+    return [min(x.tobytes(), y.tobytes()) for x, y in zip(direct, transposed)]
+
+
+def grid_clusters(grids) -> np.ndarray:
+    """``[n]`` int64 cluster ids: grids share an id when they share :func:`grid_fingerprint` (the
+    boards of one seed grid, in any transform), numbered in order of first appearance."""
+    ids: dict = {}
+    return np.array([ids.setdefault(f, len(ids)) for f in grid_fingerprint(grids)], dtype=np.int64)
+
+
 __all__ = [
     "CELLS", "CELL_UNITS", "DIGITS", "MASK_ID", "UNITS", "VOCAB_SIZE",
-    "conflict_cells", "corrupt", "is_valid", "sample_grids", "seed_grids", "transform_grids",
+    "conflict_cells", "corrupt", "grid_clusters", "grid_fingerprint", "is_valid", "sample_grids", "seed_grids",
+    "transform_grids",
 ]
