@@ -29,7 +29,7 @@ if SMOKE:
 from _gpu_common import bench_ms, device_info, write_results  # noqa: E402
 
 from rmkernels import rm_linear_loss, rm_loss  # noqa: E402
-from rmkernels.ops.rm_loss import _row_weights  # noqa: E402
+from rmkernels.ops.loss_utils import row_weights  # noqa: E402
 from rmkernels.reference.loss import rm_linear_loss_reference, rm_loss_reference  # noqa: E402
 
 DEV = "cpu" if SMOKE else "cuda"
@@ -81,7 +81,7 @@ def rel_err(a, b):
 def eager_bf16_ce(logits, labels, part):
     """Weighted RM total with a plain F.cross_entropy on the logits as they are (no upcast)."""
     ce = F.cross_entropy(logits, torch.where(part >= 0, labels, -100), reduction="none")
-    w = _row_weights(part, WEIGHTS)
+    w = row_weights(part, WEIGHTS)
     return (w * ce).sum() / w.sum()
 
 

@@ -1,4 +1,4 @@
-// rm_stats on the CPU (SPEC §1): the same statistics as the Triton kernel, one row per task.
+// rm_stats on the CPU (docs/spec.md §1): the same statistics as the Triton kernel, one row per task.
 //
 // Per row (at::parallel_for over rows), with z the row converted to float32 on the fly:
 //   pass 1: max and the NaN flag (vectorisable reductions); then the first id holding the max
@@ -263,11 +263,5 @@ void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const 
 }  // namespace
 }  // namespace rmk
 
-TORCH_LIBRARY_FRAGMENT(rmkernels, m) {
-  m.def(
-      "rm_stats_cpu_out(Tensor logits, Tensor tokens, Tensor counters, int L1, int stride0, int stride1, "
-      "int mask_id, float temperature, int seed_key, Tensor(a!) top_id, Tensor(b!) top_p, Tensor(c!) mask_p, "
-      "Tensor(d!) cur_p, Tensor(e!) best_id, Tensor(f!) best_p, Tensor(g!) status) -> ()");
-}
-
+// the schema is in csrc/module.cpp
 TORCH_LIBRARY_IMPL(rmkernels, CPU, m) { m.impl("rm_stats_cpu_out", &rmk::rm_stats_cpu_out); }

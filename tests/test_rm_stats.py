@@ -33,7 +33,7 @@ def assert_stats_equal(a: RMStats, b: RMStats, atol=ATOL):
             torch.testing.assert_close(x, y, atol=atol, rtol=0, equal_nan=True, msg=name)
 
 
-KERNELS = ["triton"] + (["cpp"] if extension_available("cpu") and not HAS_CUDA else [])
+KERNELS = ["triton"] + (["ext"] if extension_available("cpu") and not HAS_CUDA else [])
 
 
 @pytest.fixture(params=KERNELS)
@@ -381,8 +381,8 @@ def test_torch_compile():
 
 
 
-@pytest.mark.skipif("cpp" not in KERNELS, reason="rmkernels._C not built")
-def test_opcheck_cpp():
+@pytest.mark.skipif("ext" not in KERNELS, reason="rmkernels._C not built")
+def test_opcheck_ext():
     V = 130
     z = torch.randn(3, V)
     x = torch.randint(0, V, (3,))

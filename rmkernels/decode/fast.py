@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rmkernels._utils import resolve_impl
 from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.forward import decoder_logits
@@ -24,6 +25,7 @@ class FastDecoder:
         x = canvas.tokens
         B, L = x.shape
         dev = x.device
+        self.stats_impl = resolve_impl("rm_stats", kernels, dev, fallback=True)  # the table's fallback rule
         self.x = x.clone()  # [B, L] the canvas
         self.remask_count = torch.zeros(B, L, dtype=torch.int64, device=dev)
         self.block = torch.zeros(B, dtype=torch.int64, device=dev)  # current block per row
@@ -68,7 +70,7 @@ class FastDecoder:
         G = c.gen_mask & (c.gen_rank < limit[:, None]) & active[:, None]  # [B, L] editable now
         counters = self.steps[:, None] * COUNTER_STRIDE + self.positions[None, :]  # [B, L] RNG counters
         st = rm_stats(self.logits(), x, M, temperature=cfg.temperature, seed=self.seed, offset=counters,
-                      check=False, impl=self.kernels)
+                      check=False, impl=self.stats_impl)
         valid = st.top_id >= 0  # rm_stats flags NaN / all -inf rows with id -1
         self.bad_logits |= (G & ~valid).any()
 

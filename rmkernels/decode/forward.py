@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rmkernels._utils import resolve_impl
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.model import RMModel
 
@@ -22,6 +23,8 @@ def decoder_logits(
 
     ``suppress_idx``: ``cfg.suppress_tokens`` as a device tensor, made once by the caller (creating
     it here would copy from the host inside every step, which a CUDA graph cannot capture).
+    ``kernels``: the decoder's implementation preference; ``history_embed`` runs it where it has
+    that kernel on this device, else its ``"auto"`` choice (:func:`rmkernels._utils.resolve_impl`).
     """
     B, L = x.shape
     if cfg.cfg_scale > 0:  # LLaDA's unsupervised guidance: the same canvas with the prompt masked
@@ -36,7 +39,8 @@ def decoder_logits(
     if hist_in is not None:
         embeds = rm.history_norm(
             rm.embedding_weight, x_in, hist_in[0], hist_in[1], g_in,
-            decay=cfg.history_decay, rotate=cfg.history_rotate, check=False, impl=kernels,
+            decay=cfg.history_decay, rotate=cfg.history_rotate, check=False,
+            impl=resolve_impl("history_embed", kernels, x.device, fallback=True),
         )
         logits = rm(inputs_embeds=embeds, attention_mask=att_in)
     else:

@@ -122,7 +122,26 @@ class RMModel(nn.Module):
 
 
 def as_rm_model(model, history_norm: HistoryNorm | None = None) -> RMModel:
-    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given)."""
+    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or RMModel
+        A mask diffusion model (Hugging Face models work as they are).
+    history_norm : HistoryNorm, optional
+        The trained HER LayerNorm.
+
+    Returns
+    -------
+    RMModel
+
+    Example
+    -------
+    >>> from rmkernels.models import TinyMDM
+    >>> rm = as_rm_model(TinyMDM(vocab_size=10, max_len=8))
+    >>> rm.supports_history                                    # it has input embeddings
+    True
+    """
     if isinstance(model, RMModel):
         if history_norm is not None:
             model.history_norm = history_norm

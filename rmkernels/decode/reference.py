@@ -1,4 +1,4 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2 and §3.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.

@@ -3,32 +3,18 @@
 ``<path>.safetensors`` holds the model tensors (``model.*``) and, for History Reference variants,
 the HER LayerNorm (``history_norm.weight`` / ``.bias``); ``<path>.json`` next to it holds the model
 config, the decoding settings of the variant, seeds, commands and wall time. Writes are atomic
-(temporary file + rename), so a reader never sees a half-written checkpoint.
+(:func:`rmkernels._utils.atomic_write`), so a reader never sees a half-written checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
+from rmkernels._utils import atomic_write
 from rmkernels.history import HistoryNorm
 from rmkernels.models import TinyMDM, TinyMDMConfig
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints ship as package data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _stem(path: str) -> str:
@@ -49,8 +35,8 @@ def save_checkpoint(path: str, model: TinyMDM, metadata: dict | None = None,
     meta["model_config"] = model.config.to_dict()
     if history_norm is not None:
         meta["history_norm_eps"] = history_norm.eps
-    _atomic_write(stem + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    _atomic_write(stem + ".json", lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(stem + ".safetensors", lambda tmp: save_file(tensors, tmp))
+    atomic_write(stem + ".json", json.dumps(meta, indent=2) + "\n")
     return stem + ".safetensors"
 
 

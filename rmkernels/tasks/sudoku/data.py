@@ -11,10 +11,10 @@ training never sees, in any transform.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from rmkernels._utils import atomic_write
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, corrupt, is_valid, sample_grids, seed_grids
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -99,13 +99,8 @@ def format_board(ids) -> str:
 
 
 def write_lines(path: str, lines) -> None:
-    """Write text lines atomically (temporary file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Write text lines atomically (:func:`rmkernels._utils.atomic_write`)."""
+    atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def write_boards(path: str, corrupted, solution) -> None:

@@ -1,4 +1,4 @@
-"""Evaluate Sudoku revision: decode corrupted full boards with ``reveal="all"`` (SPEC §5).
+"""Evaluate Sudoku revision: decode corrupted full boards with ``reveal="all"`` (docs/spec.md §5).
 
 Systems (the table's rows, in order):
 
@@ -8,16 +8,16 @@ Systems (the table's rows, in order):
 | ``base_conf_remask`` | base MDM | ``confidence_remask``: re-mask tokens with ``p(token) < threshold`` (0.4) |
 | ``rm`` / ``rm_hist`` / ``rm_hist_decay`` / ``full`` | RM variants | ``rm`` with the variant's History Reference |
 
-Checkpoints ship in ``rmkernels/checkpoints/sudoku_<name>.safetensors`` (+ ``.json``).
+Checkpoints ship as package data (:mod:`rmkernels.tasks.sudoku.assets`).
 """
 from __future__ import annotations
 
 import os
 import time
-from importlib.resources import files
 
 import torch
 
+from rmkernels.tasks.sudoku.assets import checkpoint_dir, default_boards, default_ceiling
 from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
 from rmkernels.tasks.sudoku.data import read_boards
 from rmkernels.tasks.sudoku.grids import MASK_ID
@@ -36,10 +36,10 @@ TITLES = {
 }
 DEFAULT_STEPS = 20
 DEFAULT_REMASK_THRESHOLD = 0.4  # the confidence heuristic's threshold (Diffulex / dInfer)
-CHECKPOINT_DIR = str(files("rmkernels") / "checkpoints")
-DEFAULT_BOARDS = str(files("rmkernels") / "data" / "sudoku_test.txt")
+CHECKPOINT_DIR = checkpoint_dir()
+DEFAULT_BOARDS = default_boards()
 # `rmk sudoku ceiling --json` of DEFAULT_BOARDS: eval reports exact % against it on the default boards
-DEFAULT_CEILING = str(files("rmkernels") / "data" / "sudoku_test_ceiling.json")
+DEFAULT_CEILING = default_ceiling()
 
 
 def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
@@ -69,10 +69,12 @@ def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS,
 
 
 @torch.no_grad()
-def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size: int = 128, kernels: str = "auto"):
+def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size: int = 128, kernels: str = "auto",
+                  on_batch=None):
     """Decode boards ``[N, 81]`` in chunks; returns ``(final [N, 81], steps [N], trajectory [T + 1, N, 81])``.
 
-    ``kernels`` is the ``impl`` of the decoder's ops (``rm_stats``, ``history_embed``)."""
+    ``kernels`` is the implementation preference of the decoder's ops (``generate(kernels=...)``);
+    ``on_batch(n)`` is called after each chunk of ``n`` boards (progress bars)."""
     from rmkernels.decode import generate
 
     finals, steps, trajs = [], [], []
@@ -82,6 +84,8 @@ def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size:
         finals.append(out.sequences)
         steps.append(out.steps)
         trajs.append(out.trajectory)
+        if on_batch is not None:
+            on_batch(out.sequences.shape[0])
     T = max(t.shape[0] for t in trajs)  # finished rows repeat their final canvas: pad the same way
     trajs = [torch.cat([t, t[-1:].expand(T - t.shape[0], -1, -1)]) for t in trajs]
     return torch.cat(finals), torch.cat(steps), torch.cat(trajs, dim=1)
@@ -90,18 +94,18 @@ def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size:
 def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None = None,
                     checkpoint_dir: str | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 128,
                     kernels: str = "auto", remask_threshold: float = DEFAULT_REMASK_THRESHOLD,
-                    rescue_ratio: float | None = None, loaded=None):
+                    rescue_ratio: float | None = None, loaded=None, on_batch=None):
     """Decode and score one system; returns ``(metrics, final boards [N, 81])``.
 
     ``checkpoint`` overrides the shipped file; ``loaded`` is an already loaded
-    ``(model, history_norm, meta)``.
+    ``(model, history_norm, meta)``; ``on_batch`` as in :func:`decode_boards`.
     """
     sampler = BASELINES.get(system, "rm")
     model, norm, meta = loaded or load_checkpoint(checkpoint or checkpoint_path(system, checkpoint_dir))
     cfg = decode_config(meta, sampler, steps, remask_threshold, rescue_ratio)
     boards = torch.as_tensor(corrupted).long()
     t0 = time.perf_counter()
-    final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels)
+    final, n_steps, traj = decode_boards(model, norm, boards, cfg, batch_size, kernels, on_batch)
     metrics = board_metrics(final, solution, n_steps, traj, inputs=boards)
     metrics.update(seconds=round(time.perf_counter() - t0, 2), sampler=sampler, checkpoint=meta.get("variant", "base"))
     if sampler == "confidence_remask":
