@@ -177,7 +177,7 @@ def kernels_demo(rows: int = 256, vocab: int = 32000, dim: int = 1024, repeat: i
     print_fn(f"device: {name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
              f"rmkernels._C: {'built' if extension_available(dev) else 'not built'}  "
              f"Triton interpreter: {'on' if triton_interpret() else 'off'}")
-    lines = [f"| op | shape | impl | check | reference ms | kernel ms | speed-up |", "|---|---|---|---|---|---|---|"]
+    lines = ["| op | shape | impl | check | reference ms | kernel ms | speed-up |", "|---|---|---|---|---|---|---|"]
     failures = 0
     cases = [c for c in build_cases(dev, rows, vocab, dim) if c.op in ops]
     for case in tqdm(cases, desc="rmk kernels", unit="op", disable=not progress, leave=False):

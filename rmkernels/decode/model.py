@@ -10,6 +10,11 @@ both for
   ``trust_remote_code``): outputs with ``.logits`` are unwrapped, and the embeddings keyword is
   found from the forward signature (``inputs_embeds``, or LLaDA's ``input_embeddings``).
 
+Models whose logits for position ``i`` are the output at ``i - 1`` (Dream) declare it with an
+attribute ``logits_shift = 1`` (:class:`~rmkernels.models.DreamModel` does; a Hugging Face Dream
+object is recognised by ``config.model_type == "Dream"``): the adapter applies the shift, so the
+decoder always sees per-position logits (position 0 keeps its own output).
+
 The adapter also holds the HER LayerNorm (:class:`~rmkernels.history.HistoryNorm`, the only new
 parameters), saved and loaded with safetensors.
 """
@@ -47,13 +52,25 @@ class RMModel(nn.Module):
     history_norm : HistoryNorm, optional
         The HER LayerNorm. When ``None`` and the model exposes ``get_input_embeddings()``, a
         default one (weight 1, bias 0) is created on the embedding's device.
+    logits_shift : {0, 1}, optional
+        1: the model's output at ``i - 1`` is the prediction for position ``i``. Default: the
+        model's ``logits_shift`` attribute, else 1 for a model whose ``config.model_type`` is
+        ``"Dream"``, else 0.
     """
 
-    def __init__(self, model, history_norm: HistoryNorm | None = None):
+    def __init__(self, model, history_norm: HistoryNorm | None = None, logits_shift: int | None = None):
         super().__init__()
         if not callable(model):
             raise ValueError(f"model must be callable, got {type(model).__name__}")
         self.model = model
+        if logits_shift is None:
+            logits_shift = getattr(model, "logits_shift", None)
+        if logits_shift is None:
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            logits_shift = 1 if model_type == "Dream" else 0
+        if logits_shift not in (0, 1) or isinstance(logits_shift, bool):
+            raise ValueError(f"logits_shift must be 0 or 1, got {logits_shift!r}")
+        self._logits_shift = int(logits_shift)
         get = getattr(model, "get_input_embeddings", None)
         self._embedding = get() if callable(get) else None
         params = _forward_params(model)
@@ -69,6 +86,11 @@ class RMModel(nn.Module):
     def embedding_weight(self) -> torch.Tensor | None:
         """The input embedding table ``[V, D]`` (``None`` for models that do not expose it)."""
         return None if self._embedding is None else self._embedding.weight
+
+    @property
+    def logits_shift(self) -> int:
+        """1 when the model's output at ``i - 1`` predicts position ``i`` (applied in :meth:`forward`), else 0."""
+        return self._logits_shift
 
     @property
     def supports_history(self) -> bool:
@@ -104,6 +126,8 @@ class RMModel(nn.Module):
             logits = out[0]
         if not isinstance(logits, torch.Tensor):
             raise ValueError(f"the model returned {type(out).__name__}: expected a logits tensor or an output with .logits")
+        if self._logits_shift and logits.dim() == 3 and logits.shape[1] > 1:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position i <- output at i - 1
         return logits
 
     # ------------------------------------------------------------------------------------------

@@ -134,8 +134,10 @@ class Trainer:
     Parameters
     ----------
     model : nn.Module
-        ``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]``
-        with ``get_input_embeddings()``. Parameters with ``requires_grad=False`` are frozen.
+        ``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]`` (or an
+        output with ``.logits``, as the native LLaDA / Dream models return; a model's
+        ``logits_shift = 1`` is applied) with ``get_input_embeddings()``. Parameters with
+        ``requires_grad=False`` are frozen.
     history_norm : rmkernels.HistoryNorm or None
         Required when ``config.history_steps > 0``.
     data : data source
@@ -151,7 +153,9 @@ class Trainer:
         self.model, self.history_norm, self.data, self.config, self.eval_fn = model, history_norm, data, config, eval_fn
         self.dist = dist_info()
         self.device = next(model.parameters()).device
-        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        # a native LLaDA / Dream model's embedding may have padding rows past config.vocab_size
+        v_cfg = getattr(getattr(model, "config", None), "vocab_size", None)
+        self.vocab_size = int(v_cfg) if isinstance(v_cfg, int) else int(model.get_input_embeddings().num_embeddings)
         self.loss_impl = resolve_impl("rm_loss", config.loss_impl, self.device, fallback=True)
         self.history_impl = resolve_impl("history_embed", config.history_impl, self.device, fallback=True)
         self._check_setup()
@@ -216,13 +220,18 @@ class Trainer:
         batch = batch.to(self.device)
         with self._autocast():
             if H == 0:
-                return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            embeds = self.history_norm(
-                self.model.get_input_embeddings().weight, batch.input_ids, batch.history_ids[:, :H].contiguous(),
-                batch.history_len.clamp(max=H), batch.token_mask,
-                decay=cfg.history_decay, rotate=cfg.history_rotate, impl=self.history_impl,
-            )
-            return self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            else:
+                embeds = self.history_norm(
+                    self.model.get_input_embeddings().weight, batch.input_ids, batch.history_ids[:, :H].contiguous(),
+                    batch.history_len.clamp(max=H), batch.token_mask,
+                    decay=cfg.history_decay, rotate=cfg.history_rotate, impl=self.history_impl,
+                )
+                out = self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+        logits = out if isinstance(out, torch.Tensor) else out.logits  # native models return an MDMOutput
+        if getattr(self.model, "logits_shift", 0):  # Dream: position i is predicted by the output at i - 1
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
 
     def loss(self, batch: RMBatch):
         """``rm_loss`` of one batch with ``config.loss_weights`` (for evaluation hooks)."""
