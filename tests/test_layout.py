@@ -384,3 +384,10 @@ def test_api_page_renders_and_entry_points_are_documented():
     assert not problems  # rm_stats, rm_loss, generate, ...: Parameters, Returns and Example
     for name in ("rm_stats", "rm_loss", "rm_linear_loss", "history_embed", "generate", "Trainer", "resolve_impl"):
         assert f"[`{name}`](../" in page, name
+
+
+def test_one_atomic_write():
+    """Every writer goes through rmkernels._utils.atomic_write: no other rename-into-place."""
+    hand_rolled = [p.relative_to(ROOT) for p in (ROOT / "rmkernels").rglob("*.py")
+                   if p.name != "_utils.py" and ("os.replace(" in p.read_text() or "mkstemp(" in p.read_text())]
+    assert not hand_rolled
