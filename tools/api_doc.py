@@ -73,7 +73,12 @@ def _source(obj) -> str | None:
 
 def missing_sections(obj) -> list[str]:
     doc = inspect.getdoc(obj) or ""
-    return [s for s in SECTIONS if f"{s}\n{'-' * len(s)}" not in doc]
+    try:
+        takes_args = bool(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        takes_args = True
+    wanted = [s for s in SECTIONS if takes_args or s != "Parameters"]
+    return [s for s in wanted if f"{s}\n{'-' * len(s)}" not in doc]
 
 
 def render() -> tuple[str, list[str], int]:

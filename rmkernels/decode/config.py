@@ -22,7 +22,7 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
-    Stuck rescue (an extension of docs/spec.md §2, off by default)
+    Stuck rescue (docs/spec.md §6: an extension of §2, off by default)
         rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.

@@ -34,15 +34,51 @@ def asset_path(*parts: str) -> str:
 
 
 def checkpoint_dir() -> str:
-    """Folder of the shipped ``sudoku_<name>.safetensors`` checkpoints."""
+    """Folder of the shipped ``sudoku_<name>.safetensors`` checkpoints.
+
+    Returns
+    -------
+    str
+        A filesystem path inside the installed package (:func:`asset_path`).
+
+    Example
+    -------
+    >>> import os
+    >>> os.path.exists(checkpoint_dir())
+    True
+    """
     return asset_path("checkpoints")
 
 
 def default_boards() -> str:
-    """The shipped 1000 test boards (``rmk sudoku make-boards --split test --seed 1234 --n 1000``)."""
+    """The shipped 1000 test boards (``rmk sudoku make-boards --split test --seed 1234 --n 1000``).
+
+    Returns
+    -------
+    str
+        A filesystem path inside the installed package (:func:`asset_path`).
+
+    Example
+    -------
+    >>> import os
+    >>> os.path.exists(default_boards())
+    True
+    """
     return asset_path("data", "sudoku_test.txt")
 
 
 def default_ceiling() -> str:
-    """``rmk sudoku ceiling --json`` of :func:`default_boards` (eval reports exact % against it)."""
+    """``rmk sudoku ceiling --json`` of :func:`default_boards` (eval reports exact % against it).
+
+    Returns
+    -------
+    str
+        A filesystem path inside the installed package (:func:`asset_path`).
+
+    Example
+    -------
+    >>> import os
+    >>> os.path.exists(default_ceiling())
+    True
+    """
     return asset_path("data", "sudoku_test_ceiling.json")

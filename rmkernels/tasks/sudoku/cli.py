@@ -213,7 +213,7 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
         q.add_argument("--remask-threshold", type=float, default=DEFAULT_REMASK_THRESHOLD,
                        help="p(token) threshold of the base_conf_remask baseline")
         q.add_argument("--rescue-ratio", type=_open_unit, default=None,
-                       help="stuck rescue of the RM decoder (off by default, not in docs/spec.md §2): where a board "
+                       help="stuck rescue of the RM decoder (an extension, docs/spec.md §6; off by default): where a board "
                             "reaches a fixed point, re-mask once the cells with p(M) > RATIO * p(token)")
 
     e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps",

@@ -43,7 +43,24 @@ DEFAULT_CEILING = default_ceiling()
 
 
 def checkpoint_path(system: str, checkpoint_dir: str | None = None) -> str:
-    """The checkpoint file of a system name (baselines use the base MDM)."""
+    """The checkpoint file of a system name (baselines use the base MDM).
+
+    Parameters
+    ----------
+    system : str
+        One of :data:`SYSTEMS`, or ``"base"``.
+    checkpoint_dir : str, optional
+        Folder of ``sudoku_<name>.safetensors`` files (default: the shipped ones).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> os.path.basename(checkpoint_path("base_conf_remask"))
+    'sudoku_base.safetensors'
+    """
     if system not in SYSTEMS and system != "base":
         raise ValueError(f"variant must be one of {list(SYSTEMS)}, got {system!r}")
     name = "base" if system in BASELINES else system
@@ -55,7 +72,28 @@ def decode_config(meta: dict, sampler: str = "rm", steps: int = DEFAULT_STEPS,
     """The decoding settings of a checkpoint: reveal every cell in parallel, its History Reference.
 
     ``rescue_ratio`` turns on the decoder's stuck rescue (:class:`rmkernels.DecodeConfig`) for the
-    RM sampler; the baselines ignore it."""
+    RM sampler; the baselines ignore it.
+
+    Parameters
+    ----------
+    meta : dict
+        The checkpoint's metadata (its ``decode`` entry holds the variant's History Reference).
+    sampler : {"rm", "low_confidence", "confidence_remask"}
+    steps : int
+        Step budget per board.
+    remask_threshold : float
+        Threshold of ``confidence_remask``.
+    rescue_ratio : float, optional
+
+    Returns
+    -------
+    DecodeConfig
+
+    Example
+    -------
+    >>> decode_config({"decode": {"history_steps": 6}}).history_steps
+    6
+    """
     from rmkernels.decode import DecodeConfig
 
     hist = meta.get("decode", {}) if sampler == "rm" else {}
@@ -74,7 +112,33 @@ def decode_boards(model, history_norm, boards: torch.Tensor, config, batch_size:
     """Decode boards ``[N, 81]`` in chunks; returns ``(final [N, 81], steps [N], trajectory [T + 1, N, 81])``.
 
     ``kernels`` is the implementation preference of the decoder's ops (``generate(kernels=...)``);
-    ``on_batch(n)`` is called after each chunk of ``n`` boards (progress bars)."""
+    ``on_batch(n)`` is called after each chunk of ``n`` boards (progress bars).
+
+    Parameters
+    ----------
+    model, history_norm
+        A loaded checkpoint (:func:`rmkernels.tasks.sudoku.checkpoint.load_checkpoint`).
+    boards : Tensor ``[N, 81]``
+        Corrupted boards (token ids).
+    config : DecodeConfig
+        Usually :func:`decode_config` of the checkpoint.
+    batch_size : int
+    kernels : {"auto", "triton", "ext", "reference"}
+    on_batch : callable, optional
+
+    Returns
+    -------
+    (Tensor, Tensor, Tensor)
+        ``final [N, 81]``, ``steps [N]``, ``trajectory [T + 1, N, 81]``.
+
+    Example
+    -------
+    >>> model, norm, meta = load_checkpoint(checkpoint_path("full"))
+    >>> boards = torch.as_tensor(load_boards(limit=2)[0])
+    >>> final, steps, traj = decode_boards(model, norm, boards, decode_config(meta))
+    >>> final.shape
+    torch.Size([2, 81])
+    """
     from rmkernels.decode import generate
 
     finals, steps, trajs = [], [], []
@@ -99,6 +163,27 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
 
     ``checkpoint`` overrides the shipped file; ``loaded`` is an already loaded
     ``(model, history_norm, meta)``; ``on_batch`` as in :func:`decode_boards`.
+
+    Parameters
+    ----------
+    system : str
+        One of :data:`SYSTEMS`.
+    corrupted, solution : array-like ``[N, 81]``
+    checkpoint, checkpoint_dir, steps, batch_size, kernels, remask_threshold, rescue_ratio, loaded, on_batch
+        See above and :func:`decode_config`.
+
+    Returns
+    -------
+    (dict, Tensor)
+        The metrics (:func:`rmkernels.tasks.sudoku.metrics.board_metrics` plus timing) and the
+        final boards.
+
+    Example
+    -------
+    >>> c, s = load_boards(limit=20)
+    >>> metrics, final = evaluate_system("full", c, s)
+    >>> 0 <= metrics["exact_pct"] <= 100
+    True
     """
     sampler = BASELINES.get(system, "rm")
     model, norm, meta = loaded or load_checkpoint(checkpoint or checkpoint_path(system, checkpoint_dir))
@@ -118,7 +203,28 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
 def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | None = None, log=None, **kw):
     """Evaluate several systems on the same boards (the base model is loaded once).
 
-    Returns ``(results, finals)``: ``{system: metrics}`` and ``{system: final boards [N, 81]}``.
+    Parameters
+    ----------
+    corrupted, solution : array-like ``[N, 81]``
+    systems : sequence of str
+        Names from :data:`SYSTEMS` (default: all six).
+    checkpoint_dir : str, optional
+    log : callable, optional
+        Called with one line per system.
+    **kw
+        Passed to :func:`evaluate_system`.
+
+    Returns
+    -------
+    (dict, dict)
+        ``{system: metrics}`` and ``{system: final boards [N, 81]}``.
+
+    Example
+    -------
+    >>> c, s = load_boards(limit=10)
+    >>> results, finals = evaluate_suite(c, s, ("base_no_remask", "rm"))
+    >>> sorted(results)
+    ['base_no_remask', 'rm']
     """
     results, finals, cache = {}, {}, {}
     for name in systems:
@@ -132,7 +238,23 @@ def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | N
 
 
 def load_boards(path: str | None = None, limit: int | None = None):
-    """Boards from ``path`` (default: the shipped 1000-board test split), the first ``limit``."""
+    """Boards from ``path`` (default: the shipped 1000-board test split), the first ``limit``.
+
+    Parameters
+    ----------
+    path : str, optional
+    limit : int, optional
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``corrupted``, ``solution``, each ``[N, 81]`` int64.
+
+    Example
+    -------
+    >>> load_boards(limit=5)[0].shape
+    (5, 81)
+    """
     corrupted, solution = read_boards(path or DEFAULT_BOARDS)
     if limit is not None:
         if limit < 1:
