@@ -180,7 +180,7 @@ def evaluate_system(system: str, corrupted, solution, *, checkpoint: str | None 
 
     Example
     -------
-    >>> c, s = load_boards(limit=20)
+    >>> c, s = load_boards(limit=5)
     >>> metrics, final = evaluate_system("full", c, s)
     >>> 0 <= metrics["exact_pct"] <= 100
     True
@@ -221,7 +221,7 @@ def evaluate_suite(corrupted, solution, systems=SYSTEMS, checkpoint_dir: str | N
 
     Example
     -------
-    >>> c, s = load_boards(limit=10)
+    >>> c, s = load_boards(limit=4)
     >>> results, finals = evaluate_suite(c, s, ("base_no_remask", "rm"))
     >>> sorted(results)
     ['base_no_remask', 'rm']
