@@ -22,6 +22,7 @@ IMPL_TABLE: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "rm_loss": (("triton", ("cuda", "cpu")),),
     "rm_linear_loss": (("triton", ("cuda", "cpu")),),
     "history_embed": (("ext", ("cpu", "cuda")),),
+    "rm_linear_stats": (("triton", ("cuda", "cpu")), ("ext", ("cpu",))),
 }
 
 

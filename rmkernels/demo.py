@@ -4,8 +4,9 @@ Each op runs the implementation ``impl`` resolves to on this machine (``rmkernel
 on a CUDA machine the Triton / CUDA kernels; on a CPU the C++ kernels of ``rmkernels._C``, and
 the Triton kernels only in the interpreter (``TRITON_INTERPRET=1``, which checks them but says
 nothing about their speed). An op with no kernel that can run here is timed as its reference alone.
-``rm_linear_loss`` is compared with its definition, which materialises the ``[N, V]`` logits; its
-CPU implementation is the eager chunked path. The losses are timed forward + backward.
+``rm_linear_stats`` and ``rm_linear_loss`` are compared with their definitions, which materialise
+the ``[N, V]`` logits; without a kernel they run eager chunked paths. The losses are timed
+forward + backward.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 import torch
 
-OPS = ("rm_stats", "rm_loss", "rm_linear_loss", "history_embed")
+OPS = ("rm_stats", "rm_linear_stats", "rm_loss", "rm_linear_loss", "history_embed")
 
 
 @dataclass
@@ -88,6 +89,20 @@ def build_cases(dev: torch.device, rows: int, vocab: int, dim: int, history: int
         "rm_stats", f"[{rows}, {vocab}] {short}", impl["rm_stats"],
         lambda: rm_stats(logits, tokens, vocab - 1, impl="reference"),
         kernel("rm_stats", lambda: rm_stats(logits, tokens, vocab - 1, impl=impl["rm_stats"])),
+    ))
+
+    # rm_linear_stats: the same statistics from hidden [rows, dim] and the head [vocab, dim]
+    from rmkernels.ops.linear_stats import rm_linear_stats
+
+    h_stats = torch.randn(rows, dim, generator=g).to(dev, dtype)
+    w_stats = (torch.randn(vocab, dim, generator=g) * dim**-0.5).to(dev, dtype)
+    lin_impl = impl["rm_linear_stats"]
+    cases.append(Case(
+        "rm_linear_stats", f"N={rows} D={dim} V={vocab} {short}",
+        "auto (chunked)" if lin_impl == "reference" else lin_impl,
+        lambda: rm_linear_stats(h_stats, w_stats, tokens, vocab - 1, impl="reference"),
+        lambda: rm_linear_stats(h_stats, w_stats, tokens, vocab - 1, impl="auto"),
+        atol=1e-4,
     ))
 
     # rm_loss: forward + backward on logits [rows, vocab]

@@ -60,7 +60,7 @@ class RMStats(NamedTuple):
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _score(z, cols, inv_temp, rkey, SAMPLE: tl.constexpr):
+def candidate_score(z, cols, inv_temp, rkey, SAMPLE: tl.constexpr):
     """The candidate score: the logit, or the Gumbel-perturbed logit / temperature."""
     if SAMPLE:
         return z * inv_temp + gumbel(rkey, cols)
@@ -92,7 +92,7 @@ def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.co
         gt = z > m_vec
         s_vec = tl.where(gt, s_vec * e + 1.0, s_vec + e)
         m_vec = tl.where(gt, z, m_vec)
-        score = tl.where(valid & (cols != mask_id), _score(z, cols, inv_temp, rkey, SAMPLE), NEG_INF)
+        score = tl.where(valid & (cols != mask_id), candidate_score(z, cols, inv_temp, rkey, SAMPLE), NEG_INF)
         up = score > best_val  # strict: the first (lowest) id of a lane keeps a tie
         best_val = tl.where(up, score, best_val)
         best_idx = tl.where(up, cols, best_idx)
@@ -122,7 +122,7 @@ def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
     bad = status != 0
     z_mask = tl.load(base + mask_id).to(tl.float32)
     # the full-vocabulary candidate: the mask when its score beats the best other column (ties: lower id)
-    s_mask = _score(z_mask, mask_id, inv_temp, rkey, SAMPLE)
+    s_mask = candidate_score(z_mask, mask_id, inv_temp, rkey, SAMPLE)
     mask_wins = (s_mask > bv) | ((s_mask == bv) & (mask_id < bi))
     ti = tl.where(mask_wins, mask_id, bi)
     inv_s = 1.0 / s
@@ -139,7 +139,7 @@ def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
     tl.store(status_ptr + row, status)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_fused_kernel(
     z_ptr, x_ptr, ctr_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -154,7 +154,7 @@ def _rm_stats_fused_kernel(
               top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr, SAMPLE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_partial_kernel(
     z_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     V, L1, stride0, stride1, mask_id, inv_temp, seed_key, CHUNK, S,
@@ -174,7 +174,7 @@ def _rm_stats_partial_kernel(
     tl.store(part_i_ptr + slot, bi)  # [N, S] int32: best id
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_reduce_kernel(
     z_ptr, x_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -242,7 +242,11 @@ def _rm_stats_triton(
     V = logits.shape[-1]
     z, N, L1, st0, st1 = row_layout(logits)
     device = logits.device
-    x = tokens.reshape(-1)
+    # the kernels index tokens and counters as contiguous [N] vectors: a strided view (tokens[:, ::2],
+    # x[:, 0]) keeps its strides through reshape(-1), so normalise (N elements, nothing next to the
+    # N x V logits)
+    x = tokens.reshape(-1).contiguous()
+    counters = counters.reshape(-1).contiguous()
     outs = _alloc_outputs(N, device)
     if N == 0:
         return outs
