@@ -180,7 +180,7 @@ def _run_linear(impl, inp):
 LINEAR_ARGS = {"hidden": 3, "lm_weight": 2, "lm_bias": 1, "labels": 2, "part": 2}
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("impl", ["triton", "reference"])
 @pytest.mark.parametrize("arg,kind", cases(LINEAR_ARGS))
 def test_rm_linear_loss_strided(arg, kind, impl):
     inp = _linear_inputs()
@@ -243,7 +243,7 @@ def test_every_case_on_cuda():
     for impl in LOSS_IMPLS:
         for arg, kind in cases(LOSS_ARGS):
             test_rm_loss_strided(arg, kind, impl)
-    for impl in ("triton", "torch"):
+    for impl in ("triton", "reference"):
         for arg, kind in cases(LINEAR_ARGS):
             test_rm_linear_loss_strided(arg, kind, impl)
     assert "ext" in HE_IMPLS, "rmkernels._C has no CUDA kernels"
