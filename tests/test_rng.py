@@ -15,8 +15,8 @@ from rmkernels.reference import rng
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# implementations of rm_stats that sample with the counter RNG ("cpp": the C++ CPU kernel)
-SAMPLERS = ["reference", "triton", "cpp"]
+# implementations of rm_stats that sample with the counter RNG ("ext": the C++ CPU kernel)
+SAMPLERS = ["reference", "triton", "ext"]
 
 # counters / seeds where the high words matter: beyond 2**32, negative, the int64 extremes
 BIG_COUNTERS = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 3 * 2**32 + 17, 255 * 2**24 + 5, 256 * 2**24 + 5,
