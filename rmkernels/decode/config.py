@@ -1,4 +1,4 @@
-"""Decoding configuration: every knob of the Reflective Masking step loop (SPEC §2, §3)."""
+"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -9,7 +9,7 @@ REVEAL_MODES = ("topk", "threshold", "all")
 
 @dataclass
 class DecodeConfig:
-    """Knobs of :func:`rmkernels.generate`. Defaults follow SPEC.md.
+    """Knobs of :func:`rmkernels.generate`. Defaults follow docs/spec.md.
 
     Schedule
         steps : step budget per sequence, split evenly over its blocks.
@@ -22,7 +22,7 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
-    Stuck rescue (an extension of SPEC §2, off by default)
+    Stuck rescue (docs/spec.md §6: an extension of §2, off by default)
         rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
@@ -51,6 +51,10 @@ class DecodeConfig:
             steps (one host synchronisation each time).
         cuda_graph : on CUDA, capture one step in a CUDA graph and replay it (the model forward
             must be capturable: static shapes, no host synchronisation).
+        fused_head : compute the statistics from the LM head's input with ``rm_linear_stats``
+            (docs/spec.md §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
+            gives hidden states and the head (``RMModel.supports_fused_head``). The logits are then
+            accumulated in float32 from the head's inputs (not rounded to the model's dtype).
     """
 
     steps: int = 64
@@ -77,6 +81,7 @@ class DecodeConfig:
     record_trajectory: bool = False
     check_every: int = 4
     cuda_graph: bool = False
+    fused_head: bool = False
 
     def __post_init__(self):
         self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
@@ -109,6 +114,7 @@ class DecodeConfig:
              "None unless the sampler is 'rm' with remask on")
         need(0.0 <= float(self.remask_threshold) <= 1.0, "remask_threshold", "in [0, 1]")
         need(is_int(self.check_every) and self.check_every >= 1, "check_every", "an int >= 1")
+        need(isinstance(self.fused_head, bool), "fused_head", "a bool")
         return self
 
     @property

@@ -1,7 +1,8 @@
 """The fast decoder: the reference's semantics with every piece of state on the device.
 
 One :meth:`FastDecoder.step` updates all rows at once with tensor operations only: no ``.item()``,
-``.tolist()`` or ``nonzero()``; statistics come from the fused ``rm_stats`` kernel and the HER
+``.tolist()`` or ``nonzero()``; statistics come from the fused ``rm_stats`` kernel (with
+``fused_head``: ``rm_linear_stats`` on the hidden states, no logits written) and the HER
 embeddings from ``history_embed``. All state lives in tensors updated in place, so on a GPU a step
 can be captured in a CUDA graph. Rows progress independently (own block, step count, fixed point).
 """
@@ -11,11 +12,10 @@ import torch
 
 from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.forward import decoder_logits, decoder_stats
 from rmkernels.decode.model import RMModel
 from rmkernels.decode.reference import COUNTER_STRIDE
 from rmkernels.history import HistoryBuffer
-from rmkernels.ops.rm_stats import rm_stats
 
 
 class FastDecoder:
@@ -67,8 +67,9 @@ class FastDecoder:
         limit = (self.block + 1) * c.block_len  # [B] end of the current block, in generated positions
         G = c.gen_mask & (c.gen_rank < limit[:, None]) & active[:, None]  # [B, L] editable now
         counters = self.steps[:, None] * COUNTER_STRIDE + self.positions[None, :]  # [B, L] RNG counters
-        st = rm_stats(self.logits(), x, M, temperature=cfg.temperature, seed=self.seed, offset=counters,
-                      check=False, impl=self.kernels)
+        hist = None if self.history is None else (self.history.ids, self.history.lengths)
+        st = decoder_stats(self.rm, x, c.attention_mask, c.gen_mask, hist, cfg, M, self.kernels, self.suppress_idx,
+                           temperature=cfg.temperature, seed=self.seed, offset=counters)
         valid = st.top_id >= 0  # rm_stats flags NaN / all -inf rows with id -1
         self.bad_logits |= (G & ~valid).any()
 

@@ -1,4 +1,4 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2 and §3.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
@@ -9,7 +9,8 @@ import torch
 
 from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.forward import decoder_hidden, decoder_logits
+from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.decode.model import RMModel
 from rmkernels.reference.rm_stats import rm_stats_reference
 
@@ -35,14 +36,19 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
     remask_threshold = torch.tensor(cfg.remask_threshold, dtype=torch.float32)
     rescue_ratio = None if cfg.rescue_ratio is None else torch.tensor(cfg.rescue_ratio, dtype=torch.float32)
 
+    def history_now():
+        if H == 0:
+            return None
+        ids = torch.full((1, H, L), mask_id, dtype=torch.int64, device=x.device)
+        for d, state in enumerate(history):
+            ids[0, d] = state
+        return ids, torch.tensor([len(history)], device=x.device)
+
     def logits_now():  # [L, V] for the current canvas and history
-        hist = None
-        if H > 0:
-            ids = torch.full((1, H, L), mask_id, dtype=torch.int64, device=x.device)
-            for d, state in enumerate(history):
-                ids[0, d] = state
-            hist = (ids, torch.tensor([len(history)], device=x.device))
-        return decoder_logits(rm, x[None], attn, gen[None], hist, cfg, mask_id, kernels="reference")[0]
+        if cfg.fused_head:  # the float32 logits of the LM head's input (docs/spec.md §9), materialised
+            h, w, bias, V = decoder_hidden(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")
+            return linear_logits_reference(h[0], w, bias, V, cfg.suppress_tokens)
+        return decoder_logits(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")[0]
 
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end

@@ -7,7 +7,6 @@
 * argparse flags from a dataclass (:func:`add_dataclass_args`);
 * paired comparisons of two systems on the same items, with a verdict (:func:`paired_stats`,
   :func:`verdict`);
-* atomic file writes (:func:`atomic_write`, the trainer's, re-exported).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from rmkernels.training.data import atomic_write
+from rmkernels._utils import atomic_write
 
 HISTORY_STEPS = 6
 VARIANTS = {  # name -> (history_steps, use decay, rotate)
@@ -104,5 +103,5 @@ def verdict(diff: float, se: float, relation: str, z: float = 2.0) -> str:
     return f"unresolved (within {z:g} SE)" if relation == "<" else f"not contradicted (within {z:g} SE)"
 
 
-__all__ = ["HISTORY_STEPS", "VARIANTS", "add_dataclass_args", "atomic_write", "claim_run_dir", "her_gain", "lr_at",
+__all__ = ["HISTORY_STEPS", "VARIANTS", "add_dataclass_args", "claim_run_dir", "her_gain", "lr_at",
            "paired_stats", "variant_settings", "verdict"]

@@ -48,7 +48,7 @@ def _cmd_eval(args) -> int:
     from rmkernels.tasks.text.checkpoint import load_checkpoint, shipped
     from rmkernels.tasks.text.evaluate import DEFAULT_K, DEFAULT_PROBLEMS, TITLES, evaluate_system, load_problems
     from rmkernels.tasks.text.metrics import markdown_table, ordering, ordering_table
-    from rmkernels.training.data import atomic_write
+    from rmkernels._utils import atomic_write
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -227,7 +227,7 @@ def format_problems(expressions) -> list[str]:
 
 def write_problems(path: str, expressions) -> None:
     """Write a problem file (atomically)."""
-    from rmkernels.training.data import atomic_write
+    from rmkernels._utils import atomic_write
 
     text = "\n".join(format_problems(expressions)) + "\n"
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmkernels.tasks.common import add_dataclass_args, atomic_write, claim_run_dir, lr_at
+from rmkernels._utils import atomic_write
+from rmkernels.tasks.common import add_dataclass_args, claim_run_dir, lr_at
 from rmkernels.tasks.text.checkpoint import load_checkpoint, new_model, save_checkpoint
 from rmkernels.tasks.text.data import PROMPT_WIDTH, full_rows
 from rmkernels.tasks.text.problems import generate_problems, random_expression, split_of
