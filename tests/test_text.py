@@ -251,3 +251,21 @@ def test_batched_decoding_equals_one_problem_at_a_time():
         alone = decode_problems(model, None, [e], cfg, batch_size=1, kernels="reference")
         for k in ("windows", "calls", "reveals", "remasks", "replays"):
             assert torch.equal(alone[k][0], together[k][i]), (e, k)
+
+
+def test_checkpoint_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    """A failing write leaves the old checkpoint directory intact and no temporary folder behind."""
+    from rmkernels._utils import atomic_write_dir
+
+    d = tmp_path / "ckpt"
+    atomic_write_dir(d, lambda t: (Path(t) / "a.json").write_text("1"))
+    atomic_write_dir(d, lambda t: (Path(t) / "b.json").write_text("2"))
+    assert sorted(os.listdir(d)) == ["b.json"]
+
+    def broken(t):
+        (Path(t) / "c.json").write_text("3")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(d, broken)
+    assert sorted(os.listdir(d)) == ["b.json"] and sorted(os.listdir(tmp_path)) == ["ckpt"]

@@ -10,18 +10,16 @@
 ``<dir>/rmk.json``
     the variant, its decoding settings, training config, commands and wall time.
 
-A checkpoint is written into a temporary directory next to ``<dir>`` and renamed onto it, so a
-reader never sees a half-written one.
+A checkpoint is written into a temporary directory next to ``<dir>`` and renamed onto it
+(:func:`rmkernels._utils.atomic_write_dir`), so a reader never sees a half-written one.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-
 import torch
 
+from rmkernels._utils import atomic_write_dir
 from rmkernels.history import HistoryNorm
 from rmkernels.tasks.text.data import MAX_SEQ
 from rmkernels.tasks.text.tokenizer import ASSETS, MASK_ID, VOCAB_SIZE, save_tokenizer
@@ -61,11 +59,7 @@ def save_checkpoint(directory: str, model, metadata: dict | None = None, history
 
     from safetensors.torch import save_file
 
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_" + os.path.basename(directory))
-    try:
+    def write(tmp):
         m = model if dtype is None else copy.deepcopy(model).to(dtype)
         m.save_pretrained(tmp)
         meta = dict(metadata or {})
@@ -77,21 +71,8 @@ def save_checkpoint(directory: str, model, metadata: dict | None = None, history
         with open(os.path.join(tmp, META_FILE), "w") as f:
             f.write(json.dumps(meta, indent=2) + "\n")
         save_tokenizer(tmp)
-        os.chmod(tmp, 0o755)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
-        old = None
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old_" + os.path.basename(directory))
-            os.rmdir(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+    return atomic_write_dir(directory, write)
 
 
 def load_checkpoint(directory: str, device="cpu"):
