@@ -4,6 +4,7 @@ shipped checkpoints' pinned numbers."""
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
