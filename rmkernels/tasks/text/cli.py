@@ -83,7 +83,8 @@ def _cmd_eval(args) -> int:
         doc = {"problems": source, "n": len(exprs), "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "threads": torch.get_num_threads(),
                "wall_s": round(wall, 2), "command": " ".join(sys.argv),
-               "results": [dict(m, system=n) for n, _, m in rows], "ordering": rel, "table": table}
+               "results": [dict(m, system=n) for n, _, m in rows], "ordering": rel, "table": table,
+               "answers": {f"{n}@K{k}": a for (n, k), a in answers.items()}}
         text = json.dumps(doc, indent=2) + "\n"
 
         def write(tmp):
