@@ -24,14 +24,7 @@ def decoder_logits(
     it here would copy from the host inside every step, which a CUDA graph cannot capture).
     """
     B, L = x.shape
-    if cfg.cfg_scale > 0:  # LLaDA's unsupervised guidance: the same canvas with the prompt masked
-        prompt = ~gen_mask if attention_mask is None else (~gen_mask & attention_mask)
-        x_in = torch.cat([x, torch.where(prompt, mask_id, x)])
-        att_in = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-        g_in = torch.cat([gen_mask, gen_mask])
-        hist_in = None if history is None else (torch.cat([history[0], history[0]]), torch.cat([history[1], history[1]]))
-    else:
-        x_in, att_in, g_in, hist_in = x, attention_mask, gen_mask, history
+    x_in, att_in, g_in, hist_in = guidance_batch(x, attention_mask, gen_mask, history, cfg, mask_id)
 
     if hist_in is not None:
         embeds = rm.history_norm(
@@ -47,6 +40,25 @@ def decoder_logits(
                          f"[B, L] = {tuple(x_in.shape)}")
     if mask_id >= logits.shape[-1]:
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={logits.shape[-1]})")
+    return guide_and_suppress(logits, B, cfg, suppress_idx)
+
+
+def guidance_batch(x, attention_mask, gen_mask, history, cfg: DecodeConfig, mask_id: int):
+    """The model's batch: ``(x, attention_mask, gen_mask, history)`` as they are, or, with
+    ``cfg_scale > 0`` (LLaDA's unsupervised guidance), doubled: the same canvas with the prompt masked
+    appended (rows ``B..2B-1``)."""
+    if cfg.cfg_scale <= 0:
+        return x, attention_mask, gen_mask, history
+    prompt = ~gen_mask if attention_mask is None else (~gen_mask & attention_mask)
+    x_in = torch.cat([x, torch.where(prompt, mask_id, x)])
+    att_in = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    g_in = torch.cat([gen_mask, gen_mask])
+    hist_in = None if history is None else (torch.cat([history[0], history[0]]), torch.cat([history[1], history[1]]))
+    return x_in, att_in, g_in, hist_in
+
+
+def guide_and_suppress(logits: torch.Tensor, B: int, cfg: DecodeConfig, suppress_idx=None) -> torch.Tensor:
+    """Combine the guided halves of ``logits`` (``cfg_scale > 0``) and set ``suppress_tokens`` to -inf."""
     if cfg.cfg_scale > 0:
         cond, uncond = logits[:B], logits[B:]
         logits = uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)

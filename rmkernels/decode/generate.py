@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rmkernels.decode.cache import plan_cache
 from rmkernels.decode.canvas import Canvas, build_canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.fast import FastDecoder
@@ -135,6 +136,7 @@ def generate(
         input_ids, mask_id, cfg, attention_mask=attention_mask, gen_length=gen_length, prompt_mask=prompt_mask,
         pad_id=pad_id, max_length=max_length if max_length is not None else _model_max_length(rm.model),
     )
+    plan_cache(rm, canvas, cfg)  # cache="prefix" / "dual": the model and the layout can run it (SPEC §8)
     seed = cfg.seed if cfg.seed is not None else (int(torch.randint(0, 2**62, (1,))) if cfg.temperature > 0 else 0)
 
     if impl == "reference":
