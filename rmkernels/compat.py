@@ -61,7 +61,7 @@ def llada_generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | N
                    remasking: str = "low_confidence", mask_id: int = LLADA_MASK_ID, logits_eos_inf: bool = False,
                    confidence_eos_eot_inf: bool = False, cache: str | None = None, *, eos_id: int = LLADA_EOS_ID,
                    eot_id: int = LLADA_EOT_ID, cache_refresh: int | None = None,
-                   generator: torch.Generator | None = None, **rm_options) -> torch.Tensor:
+                   generator: torch.Generator | None = None, kernels: str = "auto", **rm_options) -> torch.Tensor:
     """LLaDA's ``generate``: semi-autoregressive masked diffusion sampling, as published.
 
     The canvas is ``[prompt, gen_length masks]``; the generation is split into blocks of
@@ -108,6 +108,8 @@ def llada_generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | N
         masked positions are candidates (earlier blocks' leftovers, if any, stay masked).
     generator : torch.Generator, optional
         For the Gumbel noise and ``random`` scores.
+    kernels : str
+        ``impl`` of the statistics / HER kernels of ``remasking="rm"`` (see :func:`rmkernels.generate`).
 
     Returns
     -------
@@ -158,7 +160,8 @@ def llada_generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | N
         cfg = DecodeConfig(steps=steps, block_size=block_length, reveal="topk",
                            reveal_per_step=-(-block_length // spb), temperature=float(temperature),
                            cfg_scale=float(cfg_scale), sampler="rm", cache=mode, cache_refresh=cache_refresh, **opts)
-        out = generate(model, prompt, cfg, mask_id=mask_id, attention_mask=attention_mask, gen_length=gen_length)
+        out = generate(model, prompt, cfg, mask_id=mask_id, attention_mask=attention_mask, gen_length=gen_length,
+                       kernels=kernels)
         return torch.cat([prompt.long(), out.sequences[out.gen_mask].view(B, gen_length)], 1)
 
     rm = as_rm_model(model)
@@ -176,7 +179,7 @@ def llada_generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | N
     canvas = Canvas(x, gen, am, torch.where(gen, pos - P, -1), torch.full((B,), n_blocks, device=dev), block_length,
                     torch.full((B,), spb, device=dev))
     plan = plan_cache(rm, canvas, cfg)
-    cached = None if plan is None else CachedForward(rm, canvas, cfg, plan, mask_id, "auto", None)
+    cached = None if plan is None else CachedForward(rm, canvas, cfg, plan, mask_id, kernels, None)
     for k in range(n_blocks):
         end = P + (k + 1) * block_length
         counts = transfer_counts((x[:, end - block_length:end] == mask_id).sum(1), spb)  # [B, spb]

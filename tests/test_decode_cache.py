@@ -20,11 +20,11 @@ class _Competitive:
     """The mask logit competes with the best token (``max(z[:M]) + k sin(40 (z0 - z1))``), so masked
     positions abstain and visible tokens are re-masked often: every branch of the step runs."""
 
-    k = 3.0
+    k, offset = 3.0, 0.0
 
     def logits_from_hidden(self, hidden):
         z = super().logits_from_hidden(hidden)
-        mask_logit = z[..., :M].max(-1).values + self.k * torch.sin(40.0 * (z[..., 0] - z[..., 1]))
+        mask_logit = z[..., :M].max(-1).values + self.offset + self.k * torch.sin(40.0 * (z[..., 0] - z[..., 1]))
         return torch.cat([z[..., :M], mask_logit[..., None], z[..., M + 1:]], -1)
 
 

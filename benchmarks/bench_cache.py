@@ -1,0 +1,93 @@
+"""KV cache in the decoder on CPU: tokens/s and forwarded tokens per generated token, none vs
+prefix vs dual, each sampler, at two step budgets (ratios measured in the same run).
+
+    PYTHONPATH=$PWD python3 benchmarks/bench_cache.py [--threads 2] [--steps 256 64] [--json FILE]
+
+Model: a tiny LLaDA (:class:`rmkernels.models.LLaDAModel`, 4 layers, d_model 256, 8 heads, SwiGLU
+768, vocab 32000, random weights, fp32, SDPA attention). Batch: 2 prompts of 64 and 40 tokens (the
+rows' blocks start at different positions), gen_length 256, block 32 (8 blocks), HER on
+(``history_steps=6``). ``steps=256`` reveals 1 token per step, ``steps=64`` 4 per step
+(``reveal_per_step = 256 / steps``). Every configuration is decoded once (warm-up decode first);
+the three cache modes of a (sampler, steps) pair run back to back so machine load affects them
+alike. Goals (issue 18): prefix >= 2x, dual >= 3x tokens/s over none at equal steps.
+
+"forwarded / generated" counts the positions the model's first layer computes (batch rows x
+positions, summed over calls) per generated token: the work the cache saves.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+
+import torch
+
+from rmkernels import DecodeConfig, generate
+from rmkernels.models import LLaDAConfig, LLaDAModel
+
+SAMPLERS = ("rm", "low_confidence", "confidence_remask")
+MODES = ("none", "prefix", "dual")
+
+
+def tiny_llada(seed: int = 0) -> LLaDAModel:
+    torch.manual_seed(seed)
+    cfg = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=768, vocab_size=32000,
+                      embedding_size=32000, mask_token_id=31999, max_sequence_length=1024)
+    return LLaDAModel(cfg, attn_impl="sdpa").eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, nargs="+", default=[256, 64])
+    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = tiny_llada()
+    M = model.config.mask_token_id
+    g = torch.Generator().manual_seed(0)
+    P = 64
+    prompt = torch.randint(0, M, (2, P), generator=g)
+    am = torch.ones(2, P, dtype=torch.long)
+    am[1, : P - 40] = 0  # row 1: 40 tokens (left padded; the decoder right-aligns its generation)
+    forwarded = [0]
+    model.blocks[0].register_forward_pre_hook(lambda mod, a: forwarded.__setitem__(0, forwarded[0] + a[0].shape[0] * a[0].shape[1]))
+    n_tokens = 2 * args.gen_length
+    load = os.getloadavg()[0]
+    print(f"# bench_cache: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads, load average {load:.1f}, {datetime.date.today()}")
+    print("| sampler | steps | cache | s | tokens/s | x none | forwarded / generated | NFE |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    generate(model, prompt, DecodeConfig(steps=args.gen_length // args.block, block_size=args.block,
+                                         reveal_per_step=args.block, cache="dual"),
+             mask_id=M, attention_mask=am, gen_length=args.gen_length)  # warm-up
+    for steps in args.steps:
+        for sampler in SAMPLERS:
+            base = None
+            for mode in MODES:
+                cfg = DecodeConfig(steps=steps, block_size=args.block, reveal_per_step=max(1, args.gen_length // steps),
+                                   sampler=sampler, history_steps=6, cache=mode, check_every=8)
+                forwarded[0] = 0
+                t = time.perf_counter()
+                out = generate(model, prompt, cfg, mask_id=M, attention_mask=am, gen_length=args.gen_length)
+                dt = time.perf_counter() - t
+                tps = n_tokens / dt
+                base = tps if mode == "none" else base
+                row = {"sampler": sampler, "steps": steps, "cache": mode, "seconds": dt, "tokens_per_s": tps,
+                       "speedup": tps / base, "forwarded_per_token": forwarded[0] / n_tokens, "nfe": out.nfe}
+                rows.append(row)
+                print(f"| {sampler} | {steps} | {mode} | {dt:.1f} | {tps:.1f} | {tps / base:.2f} | "
+                      f"{forwarded[0] / n_tokens:.1f} | {out.nfe} |", flush=True)
+    print(f"# load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "load_start": load, "load_end": os.getloadavg()[0],
+                       "date": datetime.date.today().isoformat(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
