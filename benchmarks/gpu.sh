@@ -22,7 +22,7 @@ timeout 200 python3 -m pytest -q -m cuda -p no:cacheprovider tests/ > "$OUT/gpu_
 echo "pytest exit $?" | tee -a "$OUT/gpu_tests.log"; tail -3 "$OUT/gpu_tests.log"
 
 status=0
-for bench in gpu_rm_stats gpu_history_embed gpu_rm_loss gpu_decode; do
+for bench in gpu_rm_stats gpu_history_embed gpu_rm_loss gpu_decode gpu_cache; do
   echo "== $bench"
   timeout 150 python3 "benchmarks/$bench.py" --out "$PARTS" > "$PARTS/$bench.log" 2>&1 || { status=1; echo "$bench FAILED"; tail -20 "$PARTS/$bench.log"; }
 done

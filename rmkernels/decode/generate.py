@@ -95,6 +95,9 @@ def generate(
         tokens there can be re-masked.
     config : DecodeConfig, optional
         The knobs; keyword ``overrides`` replace single fields (``generate(..., steps=32)``).
+        ``cache="prefix" | "dual"`` (SPEC §8) needs a model with the KV-cache API (the native
+        ``LLaDAModel`` / ``DreamModel``) and prompts extended by ``gen_length`` (or a ready canvas
+        whose rows each hold one contiguous run of generated positions of the same length).
     mask_id : int
         The mask token id (required).
     prompt_mask : Tensor ``[B, L]`` bool, optional
