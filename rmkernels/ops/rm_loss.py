@@ -155,7 +155,7 @@ def _rm_ce_bwd(
     if N:
         block = block_v if block_v > 0 else pick_block(V)
         _rm_ce_bwd_kernel[(N,)](
-            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse,
+            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse.reshape(-1).contiguous(),
             grad_ce.float().contiguous(), dz, V, L1, st0, st1,
             BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
         )

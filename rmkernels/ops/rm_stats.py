@@ -148,7 +148,7 @@ def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
     tl.store(status_ptr + row, status)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_fused_kernel(
     z_ptr, x_ptr, ctr_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -163,7 +163,7 @@ def _rm_stats_fused_kernel(
               top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr, SAMPLE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_partial_kernel(
     z_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     V, L1, stride0, stride1, mask_id, inv_temp, seed_key, CHUNK, S,
@@ -183,7 +183,7 @@ def _rm_stats_partial_kernel(
     tl.store(part_i_ptr + slot, bi)  # [N, S] int32: best id
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_reduce_kernel(
     z_ptr, x_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -251,7 +251,11 @@ def _rm_stats_triton(
     V = logits.shape[-1]
     z, N, L1, st0, st1 = row_layout(logits)
     device = logits.device
-    x = tokens.reshape(-1)
+    # the kernels index tokens and counters as contiguous [N] vectors: a strided view (tokens[:, ::2],
+    # x[:, 0]) keeps its strides through reshape(-1), so normalise (N elements, nothing next to the
+    # N x V logits)
+    x = tokens.reshape(-1).contiguous()
+    counters = counters.reshape(-1).contiguous()
     outs = _alloc_outputs(N, device)
     if N == 0:
         return outs
