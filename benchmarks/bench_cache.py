@@ -1,12 +1,12 @@
 """KV cache in the decoder on CPU: tokens/s and forwarded tokens per generated token, none vs
 prefix vs dual, each sampler, at two step budgets (ratios measured in the same run).
 
-    PYTHONPATH=$PWD python3 benchmarks/bench_cache.py [--threads 2] [--steps 256 64] [--json FILE]
+    PYTHONPATH=$PWD python3 benchmarks/bench_cache.py [--threads 2] [--steps 256 64] [--batch 1] [--json FILE]
 
 Model: a tiny LLaDA (:class:`rmkernels.models.LLaDAModel`, 4 layers, d_model 256, 8 heads, SwiGLU
-768, vocab 32000, random weights, fp32, SDPA attention). Batch: 2 prompts of 64 and 40 tokens (the
-rows' blocks start at different positions), gen_length 256, block 32 (8 blocks), HER on
-(``history_steps=6``). ``steps=256`` reveals 1 token per step, ``steps=64`` 4 per step
+768, vocab 32000, random weights, fp32, SDPA attention). Batch: one prompt of 64 tokens
+(``--batch 2``: prompts of 64 and 40 tokens, whose blocks start at different positions),
+gen_length 256, block 32 (8 blocks), HER on (``history_steps=6``). ``steps=256`` reveals 1 token per step, ``steps=64`` 4 per step
 (``reveal_per_step = 256 / steps``). Every configuration is decoded once (warm-up decode first);
 the three cache modes of a (sampler, steps) pair run back to back so machine load affects them
 alike. Goals (issue 18): prefix >= 2x, dual >= 3x tokens/s over none at equal steps.
@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[256, 64])
     ap.add_argument("--gen-length", type=int, default=256)
     ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=1, help="1: one 64-token prompt; 2: prompts of 64 and 40 tokens")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,12 +51,14 @@ def main():
     M = model.config.mask_token_id
     g = torch.Generator().manual_seed(0)
     P = 64
-    prompt = torch.randint(0, M, (2, P), generator=g)
-    am = torch.ones(2, P, dtype=torch.long)
-    am[1, : P - 40] = 0  # row 1: 40 tokens (left padded; the decoder right-aligns its generation)
+    B = args.batch
+    prompt = torch.randint(0, M, (B, P), generator=g)
+    am = torch.ones(B, P, dtype=torch.long)
+    if B > 1:
+        am[1:, : P - 40] = 0  # rows 1..: 40 tokens (left padded; the decoder left-aligns the rows' canvases)
     forwarded = [0]
     model.blocks[0].register_forward_pre_hook(lambda mod, a: forwarded.__setitem__(0, forwarded[0] + a[0].shape[0] * a[0].shape[1]))
-    n_tokens = 2 * args.gen_length
+    n_tokens = B * args.gen_length
     load = os.getloadavg()[0]
     print(f"# bench_cache: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, load average {load:.1f}, {datetime.date.today()}")
