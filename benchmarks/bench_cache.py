@@ -6,8 +6,8 @@ prefix vs dual, each sampler, at two step budgets (ratios measured in the same r
 Model: a tiny LLaDA (:class:`rmkernels.models.LLaDAModel`, 4 layers, d_model 256, 8 heads, SwiGLU
 768, vocab 32000, random weights, fp32, SDPA attention). Batch: one prompt of 64 tokens
 (``--batch 2``: prompts of 64 and 40 tokens, whose blocks start at different positions),
-gen_length 256, block 32 (8 blocks), HER on (``history_steps=6``). ``steps=256`` reveals 1 token per step, ``steps=64`` 4 per step
-(``reveal_per_step = 256 / steps``). Every configuration is decoded once (warm-up decode first);
+gen_length 256, block 32 (8 blocks), HER on (``history_steps=6``). ``steps=256`` reveals 1 token
+per step, ``steps=64`` 4 per step (``reveal_per_step = 256 / steps``). Every configuration is decoded once (warm-up decode first);
 the three cache modes of a (sampler, steps) pair run back to back so machine load affects them
 alike. Goals (issue 18): prefix >= 2x, dual >= 3x tokens/s over none at equal steps.
 
@@ -57,7 +57,11 @@ def main():
     if B > 1:
         am[1:, : P - 40] = 0  # rows 1..: 40 tokens (left padded; the decoder left-aligns the rows' canvases)
     forwarded = [0]
-    model.blocks[0].register_forward_pre_hook(lambda mod, a: forwarded.__setitem__(0, forwarded[0] + a[0].shape[0] * a[0].shape[1]))
+
+    def count(mod, a):  # positions the first layer computes (rows x positions)
+        forwarded[0] += a[0].shape[0] * a[0].shape[1]
+
+    model.blocks[0].register_forward_pre_hook(count)
     n_tokens = B * args.gen_length
     load = os.getloadavg()[0]
     print(f"# bench_cache: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -25,9 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_common import DEV, DRY_RUN, Results, bench_ms, copy_bandwidth_gbs, device_info, parse_args, ratio  # noqa: E402
-
 import torch  # noqa: E402
+from _gpu_common import DEV, DRY_RUN, Results, bench_ms, copy_bandwidth_gbs, device_info, parse_args, ratio  # noqa: E402
 
 from rmkernels import DecodeConfig, HistoryNorm  # noqa: E402
 from rmkernels.decode import RMModel  # noqa: E402

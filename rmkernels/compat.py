@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from rmkernels._utils import INT_DTYPES, FLOAT_DTYPES, check_tensor
+from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_tensor
 from rmkernels.decode.cache import CachedForward, plan_cache, refresh_due
 from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import CACHE_MODES, DecodeConfig

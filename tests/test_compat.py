@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_decode_cache import M, V, make
 
 from rmkernels import DecodeConfig, generate
 from rmkernels.compat import llada_generate, transfer_counts
 from rmkernels.decode import RMModel, RMSampler
 from rmkernels.models import load_pretrained
-from test_decode_cache import M, V, make
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOS, EOT = 28, 18  # stand-ins for LLaDA's 126081 / 126348 (ids this model likes to generate)
@@ -146,7 +146,8 @@ def test_llada_generate_rm_and_cache():
 def test_llada_generate_bad_arguments():
     model = make("llada", 4)
     prompt, am = left_padded(4)
-    for kw, name in ((dict(gen_length=10, block_length=4), "block_length"), (dict(steps=3, gen_length=8, block_length=4), "steps"),
+    for kw, name in ((dict(gen_length=10, block_length=4), "block_length"),
+                     (dict(steps=3, gen_length=8, block_length=4), "steps"),
                      (dict(remasking="top"), "remasking"), (dict(cache="full"), "cache"),
                      (dict(temperature=-1.0), "temperature"), (dict(cfg_scale=-1.0), "cfg_scale"),
                      (dict(attention_mask=am[:, :3]), "attention_mask"), (dict(steps=0), "steps"),

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_decode_cache import M, make, norm, prompts
 
 from rmkernels import DecodeConfig, generate
 from rmkernels.decode import RMModel, RMSampler
 from rmkernels.decode.canvas import build_canvas
-from test_decode_cache import M, make, norm, prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 G = 12

@@ -501,8 +501,9 @@ class NativeMDM(nn.Module):
             raise ValueError("pass q_span (one span for the batch) or q_index (per-row positions), not both")
         if not isinstance(q_index, torch.Tensor) or q_index.dim() != 2 or q_index.dtype != torch.int64 \
                 or q_index.shape[0] != B or q_index.shape[1] < 1:
-            raise ValueError(f"q_index must be an int64 tensor [B={B}, n >= 1], got "
-                             f"{getattr(q_index, 'dtype', type(q_index).__name__)} {tuple(getattr(q_index, 'shape', ()))}")
+            what = getattr(q_index, "dtype", type(q_index).__name__)
+            raise ValueError(f"q_index must be an int64 tensor [B={B}, n >= 1], got {what} "
+                             f"{tuple(getattr(q_index, 'shape', ()))}")
         if q_index.device != x.device:
             raise ValueError(f"q_index is on {q_index.device}, the inputs on {x.device}")
         total_ = kv_cache.length if kv_cache is not None and kv_cache.filled else None
