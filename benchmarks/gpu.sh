@@ -47,6 +47,7 @@ gpu_history_embed    40          120
 gpu_rm_loss          60          150
 gpu_decode           60          150
 gpu_cache            90          150
+gpu_linear_stats     60          120
 "
 
 exec python3 benchmarks/_gpu_driver.py --sections "$SECTIONS" --argv-text "$*" "$@"

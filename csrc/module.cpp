@@ -16,6 +16,11 @@ TORCH_LIBRARY_FRAGMENT(rmkernels, m) {
       "history_embed_backward(Tensor grad_out, Tensor weight, Tensor input_ids, Tensor history_ids, "
       "Tensor history_len, Tensor token_mask, Tensor cos, Tensor sin, Tensor hw, Tensor? ln_weight, float eps, "
       "bool weight_grad) -> (Tensor, Tensor, Tensor)");
+  // rm_linear_stats' CPU path (rm_stats_cpu.cpp): fold one [N, C] float32 logits chunk of columns
+  // [col0, col0 + C) into the running per-row state (SPEC §9)
+  m.def(
+      "linear_stats_chunk_cpu_(Tensor z, int col0, Tensor tokens, Tensor counters, int mask_id, float temperature, "
+      "int seed_key, Tensor(a!) state, Tensor(b!) best_id) -> ()");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

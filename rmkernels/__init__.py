@@ -3,6 +3,7 @@
 Public API (imported lazily so `import rmkernels` stays cheap and does not pull in Triton):
 
 - :func:`rm_stats` / :class:`RMStats`        fused per-position statistics (SPEC §1)
+- :func:`rm_linear_stats`                    the same statistics from the LM head's input (SPEC §9)
 - :func:`history_embed` / :class:`HistoryBuffer`  History Reference embeddings (SPEC §3)
 - :func:`generate` / :class:`DecodeConfig` / :class:`DecodeOutput`  the RM decoder (SPEC §2; KV cache §8)
 - :class:`RMSampler`  the decoder's step for other engines' loops (no model inside; ``docs/sampler.md``)
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RMStats": "rmkernels.ops.rm_stats",
     "rm_stats": "rmkernels.ops.rm_stats",
+    "rm_linear_stats": "rmkernels.ops.linear_stats",
     "history_embed": "rmkernels.ops.history_embed",
     "HistoryBuffer": "rmkernels.history",
     "HistoryNorm": "rmkernels.history",

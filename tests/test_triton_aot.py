@@ -27,7 +27,12 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
     rows = json.loads(out.read_text())
     kernels = {r["kernel"] for r in rows}
     assert {"_rm_stats_fused_kernel", "_rm_stats_partial_kernel", "_rm_stats_reduce_kernel",
-            "_rm_ce_fwd_kernel", "_rm_ce_bwd_kernel"} <= kernels
+            "_rm_ce_fwd_kernel", "_rm_ce_bwd_kernel", "_lstats_partial_kernel", "_lstats_reduce_kernel"} <= kernels
+    # rm_linear_stats: every autotuning config its pruner keeps, for each row tile and epilogue kind
+    tuned = {(r["constexprs"]["BLOCK_N"], r["constexprs"]["SAMPLE"], r["dtypes"]) for r in rows
+             if r["kernel"] == "_lstats_partial_kernel"}
+    assert {(bn, s) for bn, s, _ in tuned} >= {(bn, s) for bn in (16, 32, 64, 128) for s in (False, True)}
+    assert {d for _, _, d in tuned} >= {"*bf16/*fp32", "*fp16/*fp32", "*fp32"}
     assert {r["arch"] for r in rows} == {"sm_90", "sm_80"}
     # the JIT's specialisations were compiled: one row (L1 == 1) and V == 1 turn into constexprs,
     # vocabularies divisible by 16 get the divisibility attribute, ...

@@ -1,6 +1,6 @@
 """Compile every Triton kernel of rmkernels for NVIDIA GPUs ahead of time, without a GPU.
 
-    python tools/triton_aot.py [--arch 90 80] [--json OUT]
+    python tools/triton_aot.py [--arch 90 80] [--json OUT] [--ops rm_stats linear_stats ...]
 
 Each public launcher runs on small CPU tensors with the kernels' launches intercepted. Every launch
 is specialised exactly as Triton's JIT would specialise it on a GPU -- through the JITFunction's own
@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -46,23 +47,40 @@ _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
 # Capturing launches
 # ----------------------------------------------------------------------------------------------
 def capture_launches(workload) -> list:
-    """Run ``workload()`` with every ``kernel[grid](...)`` recorded instead of launched."""
+    """Run ``workload()`` with every ``kernel[grid](...)`` recorded instead of launched.
+
+    A launch of a ``triton.autotune`` kernel is recorded once per config its pruner keeps for those
+    arguments (the config's meta-parameters, warps and stages), as the autotuner would compile them.
+    """
     import rmkernels._utils as utils
 
     launches = []
-    real, real_interp = JITFunction.__getitem__, utils.triton_interpret
+    real, real_tuner, real_interp = JITFunction.__getitem__, Autotuner.__getitem__, utils.triton_interpret
 
     def fake_getitem(self, grid):
         def record(*args, **kwargs):
             launches.append((self, args, kwargs))
         return record
 
+    def fake_tuner_getitem(self, grid):
+        def record(*args, **kwargs):
+            self.nargs = dict(zip(self.arg_names, args))
+            try:
+                configs = self.prune_configs(kwargs)
+            finally:
+                self.nargs = None
+            for cfg in configs:
+                launches.append((self.fn, args, {**kwargs, **cfg.all_kwargs()}))
+        return record
+
     JITFunction.__getitem__ = fake_getitem
+    Autotuner.__getitem__ = fake_tuner_getitem
     utils.triton_interpret = lambda: True  # the public functions accept impl="triton" on CPU tensors
     try:
         workload()
     finally:
         JITFunction.__getitem__ = real
+        Autotuner.__getitem__ = real_tuner
         utils.triton_interpret = real_interp
     return launches
 
@@ -166,8 +184,8 @@ def compile_launch(fn: JITFunction, args, kwargs, arch: int, spec: dict | None =
                            f"constexprs={_names(fn, spec['constexprs'])} divisible={_divisible(fn, spec['attrs'])}: "
                            f"{type(exc).__name__}: {str(exc)[:2000]}") from exc
     regs, stack = _resource_usage(k.asm["cubin"])
-    return {"kernel": fn.__name__, "arch": f"sm_{arch}", "num_warps": opts.num_warps,
-            "constexprs": _names(fn, spec["constexprs"]),
+    return {"kernel": fn.__name__, "arch": f"sm_{arch}", "num_warps": opts.num_warps, "num_stages": opts.num_stages,
+            "shared_bytes": k.metadata.shared, "constexprs": _names(fn, spec["constexprs"]),
             "divisible": _divisible(fn, spec["attrs"]),
             "dtypes": "/".join(sorted({t for t in spec["signature"].values() if t.startswith(("*f", "*bf"))})),
             "registers": regs, "stack_bytes": stack}
@@ -204,7 +222,7 @@ def _resource_usage(cubin: bytes):
 def workloads():
     """Small CPU calls of each launcher that reach every kernel variant the public ops use, and the
     integer values the JIT specialises (1, multiples of 16) in every integer argument."""
-    from rmkernels import rm_linear_loss, rm_loss, rm_stats  # noqa: F401 (registers the ops)
+    from rmkernels import rm_linear_loss, rm_linear_stats, rm_loss, rm_stats  # noqa: F401 (registers the ops)
 
     op = torch.ops.rmkernels
 
@@ -267,7 +285,43 @@ def workloads():
         part = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])[::2]
         rm_linear_loss(h, w, y, part, chunk_size=2, check=False, impl="triton").total.backward()
 
-    return {"rm_stats": stats, "rm_loss": loss, "rm_linear_loss": linear}
+    def linear_stats():
+        # rm_linear_stats' launcher with the tuning the GPU would do: the autotuned partial kernel
+        # (every config its pruner keeps) for each row tile (N 1/16 -> 16 rows, 32, 64, 200 -> 128),
+        # argmax and sampling epilogues, split on/off, bias / suppression, mask ids 0, 1, 16, V-1;
+        # bf16 everywhere, fp16 and fp32 on the smallest and largest row tiles; a layout whose D and
+        # strides are not multiples of 16 (the single-stage configs); and the fixed-tile path
+        V, D = 5008, 96
+        plan = {torch.bfloat16: [(1, 0, 0.0, 0), (16, 1, 0.7, 1), (32, 0, 0.0, 16), (32, 1, 0.7, V - 1),
+                                 (64, 0, 0.7, 0), (64, 1, 0.0, 1), (200, 0, 0.0, 16), (200, 1, 0.7, V - 1)],
+                torch.float16: [(16, 0, 0.0, 1), (200, 0, 0.0, V - 1)],
+                torch.float32: [(16, 0, 0.0, 0), (16, 1, 0.7, 16), (200, 0, 0.0, 1), (200, 1, 0.7, V - 1)]}
+        for dt, calls in plan.items():
+            W = torch.randn(V + 8, D).to(dt)  # embedding_size > vocab_size
+            b = torch.randn(V + 8).to(dt)
+            sup = torch.zeros(V, dtype=torch.int8)
+            for N, split, temp, mask_id in calls:
+                h = torch.randn(N, D).to(dt)
+                x = torch.randint(0, V, (N,))
+                op.linear_stats_triton(h, W, b if temp else None, sup if temp else None, x, torch.arange(N), V,
+                                       mask_id, 1.0, temp, 123, False, split, 0, 0, 0)
+        # decoding on a GPU: few rows over hundreds of vocabulary slices (the reduce kernel's widest tile)
+        Wbig = torch.randn(126464, D).to(torch.bfloat16)
+        for temp in (0.0, 0.7):
+            op.linear_stats_triton(torch.randn(2, D).to(torch.bfloat16), Wbig, None, None, torch.zeros(2, dtype=torch.long),
+                                   torch.arange(2), 126464, 126463, 1.0, temp, 7, False, 512, 0, 0, 0)
+        for N, dt in ((7, torch.bfloat16), (200, torch.bfloat16), (40, torch.float32)):  # D = 99: no divisibility
+            h = torch.randn(N, 99).to(dt)
+            W2 = torch.randn(V, 99).to(dt)
+            op.linear_stats_triton(h, W2, None, None, torch.zeros(N, dtype=torch.long), torch.arange(N), V, 3, 1.0,
+                                   0.0, 1, False, 0, 0, 0, 0)
+        # the public function's fixed-tile path (tuning override), strided inputs, V - 1 == mask
+        h = torch.randn(6, 2 * D).to(torch.bfloat16)[:, ::2]
+        W = torch.randn(V, D).to(torch.bfloat16)
+        rm_linear_stats(h, W, torch.randint(0, V, (12,))[::2], V - 1, temperature=0.5, seed=1,
+                        blocks=(16, 64, 32), check=False, impl="triton")
+
+    return {"rm_stats": stats, "rm_loss": loss, "rm_linear_loss": linear, "linear_stats": linear_stats}
 
 
 _JOBS: list = []  # (op, fn, args, kwargs, arch, spec); read by forked workers
@@ -281,7 +335,7 @@ def _compile_job(i: int) -> dict:
 
 
 def _report(row: dict) -> dict:
-    print(f"{row['op']:<9} {row['kernel']:<26} {row['arch']} warps={row['num_warps']} "
+    print(f"{row['op']:<9} {row['kernel']:<26} {row['arch']} warps={row['num_warps']} stages={row['num_stages']} "
           f"{row['dtypes']:<5} {row['constexprs']} D={','.join(row['divisible'])} "
           f"regs={row['registers']} stack={row['stack_bytes']}B", flush=True)
     return row
@@ -292,10 +346,13 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     ap.add_argument("--json")
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel compilations")
+    ap.add_argument("--ops", nargs="+", help="only these workloads (default: all)")
     args = ap.parse_args(argv)
     seen = set()
     backends = {arch: make_backend(GPUTarget("cuda", arch, 32)) for arch in args.arch}
     for op, work in workloads().items():
+        if args.ops and op not in args.ops:
+            continue
         for fn, a, kw in capture_launches(work):
             for arch in args.arch:
                 spec = specialise(fn, a, kw, backends[arch])

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from rmkernels.decode.canvas import Canvas
-from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import guidance_batch, guide_and_suppress
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig
+from rmkernels.decode.forward import _guide, guidance_batch, guide_and_suppress
 from rmkernels.decode.model import RMModel
-from rmkernels.ops.rm_stats import RMStats
+from rmkernels.ops.rm_stats import RMStats, rm_stats
+from rmkernels.reference.linear_stats import linear_logits_reference
 
 
 def refresh_due(step_in_block: int, cfg: DecodeConfig) -> bool:
@@ -159,6 +160,38 @@ class CachedForward:
         ``refresh``: a full forward that also refills the cache (its logits at the span are exactly
         the uncached ones); otherwise only the span is forwarded, against the cache.
         """
+        hidden, pos = self.hidden(x, history, refresh)
+        logits = self.rm.logits_from_hidden(hidden)
+        if self.mask_id >= logits.shape[-1]:
+            raise ValueError(f"mask_id={self.mask_id} is outside the model's vocabulary (V={logits.shape[-1]})")
+        return guide_and_suppress(logits, self.B, self.cfg, self.suppress_idx), pos
+
+    def stats(self, x: torch.Tensor, history, refresh: bool, steps: torch.Tensor, seed: int):
+        """``(RMStats [B, W], positions [B, W])`` of the span: ``rm_stats`` of :meth:`logits`, or with
+        ``fused_head`` ``rm_linear_stats`` of the guided hidden states (SPEC §9). RNG counters are
+        ``steps * 2**24 + position``, as without a cache."""
+        cfg, M = self.cfg, self.mask_id
+        if not cfg.fused_head:
+            logits, pos = self.logits(x, history, refresh)
+            counters = steps[:, None] * COUNTER_STRIDE + pos
+            return rm_stats(logits, x.gather(1, pos), M, temperature=cfg.temperature, seed=seed, offset=counters,
+                            check=False, impl=self.kernels), pos
+        from rmkernels.ops.linear_stats import rm_linear_stats
+
+        hidden, pos = self.hidden(x, history, refresh)
+        w, b, V = self.rm.lm_head()
+        if M >= V:
+            raise ValueError(f"mask_id={M} is outside the model's vocabulary (V={V})")
+        counters = steps[:, None] * COUNTER_STRIDE + pos
+        h = _guide(hidden, self.B, cfg).to(w.dtype)
+        st = rm_linear_stats(h, w, x.gather(1, pos), M, lm_bias=b, vocab_size=V, temperature=cfg.temperature,
+                             seed=seed, offset=counters, suppress_tokens=self.suppress_idx, check=False,
+                             impl=self.kernels)
+        return st, pos
+
+    def hidden(self, x: torch.Tensor, history, refresh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM head's input ``[n_in, W, D]`` for the span's positions (the shift applied; guidance
+        not yet combined) and those positions ``[B, W]``."""
         rm, cfg, c, M = self.rm, self.cfg, self.canvas, self.mask_id
         W = self.width()
         pos, fwd = self._pos[W], self._fwd[W]
@@ -181,10 +214,7 @@ class CachedForward:
         else:
             hidden = rm.cached_hidden(**inputs, attention_mask=att_in, kv_cache=self.cache, q_index=fwd)
         # slot j of the forwarded positions predicts position pos[:, j] (shift: the output at pos - 1)
-        logits = rm.logits_from_hidden(hidden[:, :W])
-        if M >= logits.shape[-1]:
-            raise ValueError(f"mask_id={M} is outside the model's vocabulary (V={logits.shape[-1]})")
-        return guide_and_suppress(logits, self.B, cfg, self.suppress_idx), pos
+        return hidden[:, :W], pos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,17 +250,23 @@ class RowCacheReference:
         else:
             inputs = {"input_ids": x_in}
         s, e = self.span(block)
+        fused = cfg.fused_head  # SPEC §9: the float32 logits of the LM head's input, materialised here
         if refresh:  # a full forward: every position's keys and values into the cache
             if self.cache is None:
                 self.cache = rm.allocate_cache(x_in.shape[0], L)
-            raw = rm.model(**inputs, attention_mask=att_in, kv_cache=self.cache, cache_update=True).logits
+            out = rm.model(**inputs, attention_mask=att_in, kv_cache=self.cache, cache_update=True, return_hidden=fused)
             lo = 0
         else:  # the span (one more position before it for a shifted model), the rest from the cache
             lo = max(s - self.shift, 0)
-            raw = rm.model(**inputs, attention_mask=att_in, kv_cache=self.cache, q_span=(lo, e)).logits
+            out = rm.model(**inputs, attention_mask=att_in, kv_cache=self.cache, q_span=(lo, e), return_hidden=fused)
         # the logits of position p are the model's output at p - shift (position 0 keeps its own)
         rows = [max(p - self.shift, 0) - lo for p in range(s, e)]
-        logits = guide_and_suppress(raw[:, rows], 1, cfg)[0]
+        if fused:
+            w, bias, V = rm.lm_head()
+            h = _guide(out.hidden[:, rows], 1, cfg).to(w.dtype)[0]
+            logits = linear_logits_reference(h, w, bias, V, cfg.suppress_tokens)
+        else:
+            logits = guide_and_suppress(out.logits[:, rows], 1, cfg)[0]
         return torch.arange(s, e, device=x.device), logits
 
 

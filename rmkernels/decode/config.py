@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 SAMPLERS = ("rm", "low_confidence", "confidence_remask")
 REVEAL_MODES = ("topk", "threshold", "all")
 CACHE_MODES = ("none", "prefix", "dual")
+COUNTER_STRIDE = 1 << 24  # RNG counter of (step of a row, position) = step * 2**24 + position (SPEC §7)
 REMASK_SCOPES = ("all", "block")
 
 
@@ -54,6 +55,10 @@ class DecodeConfig:
         cuda_graph : on CUDA, capture one step in a CUDA graph and replay it (the model forward
             must be capturable: static shapes, no host synchronisation). With a KV cache: one graph
             for the refresh step and one per span width (one for ``dual``, one per block for ``prefix``).
+        fused_head : compute the statistics from the LM head's input with ``rm_linear_stats``
+            (SPEC §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
+            gives hidden states and the head (``RMModel.supports_fused_head``). The logits are then
+            accumulated in float32 from the head's inputs (not rounded to the model's dtype).
     KV cache and edit scope (SPEC §8; needs a model with the KV-cache API, e.g. the native LLaDA / Dream)
         cache : ``"none"`` (every step forwards the whole canvas), ``"prefix"`` (at a block's start,
             and every ``cache_refresh`` steps, a full forward stores every position's keys/values;
@@ -95,6 +100,7 @@ class DecodeConfig:
     cache: str = "none"
     cache_refresh: int | None = None
     remask_scope: str | None = None
+    fused_head: bool = False
 
     def __post_init__(self):
         self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
@@ -134,6 +140,7 @@ class DecodeConfig:
              f"None or one of {REMASK_SCOPES}")
         need(self.cache == "none" or self.remask_scope != "all", "remask_scope",
              "'block' (or None) with a KV cache: only the active block has fresh logits")
+        need(isinstance(self.fused_head, bool), "fused_head", "a bool")
         return self
 
     @property

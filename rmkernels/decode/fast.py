@@ -1,8 +1,9 @@
 """The fast decoder: the reference's semantics with every piece of state on the device.
 
 One :meth:`FastDecoder.step` updates all rows at once with tensor operations only: no ``.item()``,
-``.tolist()`` or ``nonzero()``; statistics come from the fused ``rm_stats`` kernel, the HER
-embeddings from ``history_embed``, and the reveal / re-mask decision from
+``.tolist()`` or ``nonzero()``; statistics come from the fused ``rm_stats`` kernel (with
+``fused_head``: ``rm_linear_stats`` on the hidden states, no logits written), the HER embeddings
+from ``history_embed``, and the reveal / re-mask decision from
 :func:`~rmkernels.decode.sampler.decide_step` (shared with :class:`~rmkernels.decode.RMSampler`).
 All state lives in tensors updated in place, so on a GPU a step can be captured in a CUDA graph.
 Rows progress independently (own block, step count, fixed point); with a KV cache (SPEC §8,
@@ -15,13 +16,11 @@ import torch
 
 from rmkernels.decode.cache import CachedForward, plan_cache, refresh_due, scatter_stats
 from rmkernels.decode.canvas import Canvas
-from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig
+from rmkernels.decode.forward import decoder_logits, decoder_stats
 from rmkernels.decode.model import RMModel
-from rmkernels.decode.reference import COUNTER_STRIDE
 from rmkernels.decode.sampler import decide_step
 from rmkernels.history import HistoryBuffer
-from rmkernels.ops.rm_stats import rm_stats
 
 
 class FastDecoder:
@@ -70,18 +69,15 @@ class FastDecoder:
         return G
 
     def statistics(self, refresh: bool = False):
-        """``rm_stats`` of the current canvas ``[B, L]``: from a full forward, or with a cache from the
-        span's logits (other positions invalid). ``refresh``: the cached step is a full forward."""
-        cfg, x = self.cfg, self.x
+        """Statistics of the current canvas ``[B, L]``: from a full forward, or with a cache from the
+        span's (other positions invalid). ``refresh``: the cached step is a full forward."""
+        cfg, c, x = self.cfg, self.canvas, self.x
+        hist = None if self.history is None else (self.history.ids, self.history.lengths)
         if self.cached is None:
             counters = self.steps[:, None] * COUNTER_STRIDE + self.positions[None, :]  # [B, L] RNG counters
-            return rm_stats(self.logits(), x, self.mask_id, temperature=cfg.temperature, seed=self.seed,
-                            offset=counters, check=False, impl=self.kernels)
-        hist = None if self.history is None else (self.history.ids, self.history.lengths)
-        logits, pos = self.cached.logits(x, hist, refresh)  # [B, W, V], [B, W]
-        counters = self.steps[:, None] * COUNTER_STRIDE + pos
-        st = rm_stats(logits, x.gather(1, pos), self.mask_id, temperature=cfg.temperature, seed=self.seed,
-                      offset=counters, check=False, impl=self.kernels)
+            return decoder_stats(self.rm, x, c.attention_mask, c.gen_mask, hist, cfg, self.mask_id, self.kernels,
+                                 self.suppress_idx, temperature=cfg.temperature, seed=self.seed, offset=counters)
+        st, pos = self.cached.stats(x, hist, refresh, self.steps, self.seed)  # [B, W] at positions pos [B, W]
         return scatter_stats(st, pos, x.shape[1])
 
     def step(self, refresh: bool = False) -> None:

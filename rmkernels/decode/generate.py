@@ -9,7 +9,7 @@ from rmkernels.decode.cache import plan_cache
 from rmkernels.decode.canvas import Canvas, build_canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.fast import FastDecoder
-from rmkernels.decode.forward import check_suppress_tokens, decoder_logits
+from rmkernels.decode.forward import check_suppress_tokens, decoder_stats
 from rmkernels.decode.model import as_rm_model
 from rmkernels.decode.reference import decode_row_reference
 from rmkernels.history import HistoryNorm
@@ -55,10 +55,8 @@ def _fill_remaining(rm, canvas: Canvas, x, history, cfg, mask_id, kernels) -> bo
     left = canvas.gen_mask & (x == mask_id)
     if not bool(left.any()):
         return False
-    from rmkernels.ops.rm_stats import rm_stats
-
-    logits = decoder_logits(rm, x, canvas.attention_mask, canvas.gen_mask, history, cfg, mask_id, kernels)
-    best = rm_stats(logits, x, mask_id, impl=kernels).best_id
+    best = decoder_stats(rm, x, canvas.attention_mask, canvas.gen_mask, history, cfg, mask_id, kernels,
+                         check=True).best_id
     x.copy_(torch.where(left, best, x))
     return True
 
@@ -112,7 +110,10 @@ def generate(
         ``"reference"``: the readable per-row loop (the spec); ``"auto"``/``"fast"``: the
         device-resident batched loop.
     kernels : str
-        ``impl`` passed to ``rm_stats`` and ``history_embed`` by the fast path.
+        ``impl`` passed to ``rm_stats`` / ``rm_linear_stats`` and ``history_embed`` by the fast path.
+    fused_head : bool (a ``DecodeConfig`` field, also a keyword override)
+        Statistics from the LM head's input with ``rm_linear_stats`` (SPEC §9): the ``[B, L, V]``
+        logits are never written. The reference loop then materialises the same float32 logits.
 
     Returns
     -------
@@ -129,6 +130,9 @@ def generate(
     if cfg.history_steps > 0 and not rm.supports_history:
         raise ValueError("history_steps > 0 needs a model with get_input_embeddings() whose forward takes "
                          "inputs_embeds; pass history_steps=0 to decode without History Reference")
+    if cfg.fused_head and not rm.supports_fused_head:
+        raise ValueError("fused_head=True needs a model whose LM head the adapter can take over: get_output_embeddings() "
+                         "with a 2-D weight, and logits exactly head(hidden) (see rmkernels.decode.model)")
     dev = rm.device
     if dev is not None and input_ids.device != dev:
         raise ValueError(f"input_ids is on {input_ids.device} but the model is on {dev}")

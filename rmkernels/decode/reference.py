@@ -12,12 +12,11 @@ import torch
 
 from rmkernels.decode.cache import RowCacheReference, refresh_due
 from rmkernels.decode.canvas import Canvas
-from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig  # noqa: F401  (COUNTER_STRIDE re-exported)
+from rmkernels.decode.forward import decoder_hidden, decoder_logits
 from rmkernels.decode.model import RMModel
+from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.reference.rm_stats import rm_stats_reference
-
-COUNTER_STRIDE = 1 << 24  # RNG counter of (step, position) = step * 2**24 + position
 
 
 def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig, mask_id: int, seed: int):
@@ -48,6 +47,9 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
         return ids, torch.tensor([len(history)], device=x.device)
 
     def logits_now():  # [L, V] for the current canvas and history
+        if cfg.fused_head:  # the float32 logits of the LM head's input (SPEC §9), materialised
+            h, w, bias, V = decoder_hidden(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")
+            return linear_logits_reference(h[0], w, bias, V, cfg.suppress_tokens)
         return decoder_logits(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")[0]
 
     cache = None

@@ -28,9 +28,8 @@ from typing import NamedTuple
 import torch
 
 from rmkernels._utils import INT_DTYPES, check_tensor
-from rmkernels.decode.config import DecodeConfig
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig
 from rmkernels.decode.forward import check_suppress_tokens
-from rmkernels.decode.reference import COUNTER_STRIDE
 from rmkernels.history import HistoryBuffer
 from rmkernels.ops.rm_stats import RMStats, rm_stats
 

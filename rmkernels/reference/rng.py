@@ -55,16 +55,18 @@ def row_counters(n_rows: int, offset, device) -> torch.Tensor:
     return torch.arange(n_rows, device=device, dtype=torch.int64) + int(offset)
 
 
-def uniform_noise(seed: int, counters: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """U(0, 1) float32 noise ``[len(counters), n_cols]`` (same bits as the kernels)."""
+def uniform_noise(seed: int, counters: torch.Tensor, n_cols: int, col_start: int = 0) -> torch.Tensor:
+    """U(0, 1) float32 noise ``[len(counters), n_cols]`` of columns ``col_start, ..., col_start + n_cols - 1``
+    (same bits as the kernels)."""
     key = seed_key(seed)
     row_key = mix32(mix32(counters.to(torch.int64)) ^ key)  # [N]
-    cols = torch.arange(n_cols, device=counters.device, dtype=torch.int64)
+    cols = torch.arange(col_start, col_start + n_cols, device=counters.device, dtype=torch.int64)
     h = mix32(row_key[:, None] + ((cols * GOLDEN) & MASK32)[None, :])  # [N, V]
     return ((h >> 8).to(torch.float32) + 0.5) * (2.0**-24)
 
 
-def gumbel_noise(seed: int, counters: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """Standard Gumbel float32 noise ``[len(counters), n_cols]`` (same bits as the kernels)."""
-    u = uniform_noise(seed, counters, n_cols)
+def gumbel_noise(seed: int, counters: torch.Tensor, n_cols: int, col_start: int = 0) -> torch.Tensor:
+    """Standard Gumbel float32 noise ``[len(counters), n_cols]`` of columns ``col_start, ...,
+    col_start + n_cols - 1`` (same bits as the kernels)."""
+    u = uniform_noise(seed, counters, n_cols, col_start)
     return -torch.log(-torch.log(u))
