@@ -1,4 +1,4 @@
-"""GPU benchmark of the decoder's KV cache (SPEC §8) on an LLaDA-8B-shaped model: tokens/s for
+"""GPU benchmark of the decoder's KV cache (docs/spec.md §8) on an LLaDA-8B-shaped model: tokens/s for
 cache none / prefix / dual with flash-attn (when installed) and SDPA, and the share of a step
 spent in the sampler + HER.
 

@@ -1,4 +1,4 @@
-// The counter-based RNG of rmkernels/reference/rng.py (SPEC §7) for the C++ kernels: the one place
+// The counter-based RNG of rmkernels/reference/rng.py (docs/spec.md §7) for the C++ kernels: the one place
 // in csrc/ that knows the hash, so every kernel draws the same bits as the reference and Triton.
 #pragma once
 
@@ -18,15 +18,28 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// Per-row key from the host-side seed key and the row's counter.
-inline uint32_t row_key(uint32_t seed_key, int64_t counter) {
-  return mix32(mix32(static_cast<uint32_t>(counter & 0xFFFFFFFF)) ^ seed_key);
+constexpr uint32_t kHiSalt = 0x85EBCA6Bu;  // rmkernels/reference/rng.py HI_SALT
+
+// A row's state (k1, k2) packed as k1 | k2 << 32, from the host-side seed key and the row's whole
+// 64-bit counter: for a fixed seed a bijection of the counter, so no two counters share noise.
+using RowKey = uint64_t;
+
+inline RowKey row_key(uint32_t seed_key, int64_t counter) {
+  const uint64_t c = static_cast<uint64_t>(counter);
+  const uint32_t k1 = mix32(mix32(static_cast<uint32_t>(c)) ^ seed_key);
+  const uint32_t k2 = mix32(mix32(static_cast<uint32_t>(c >> 32) ^ kHiSalt) ^ k1);
+  return static_cast<uint64_t>(k1) | (static_cast<uint64_t>(k2) << 32);
+}
+
+// The 32-bit hash of column `col` of a row.
+inline uint32_t bits(RowKey key, int64_t col) {
+  const uint32_t k1 = static_cast<uint32_t>(key), k2 = static_cast<uint32_t>(key >> 32);
+  return mix32(mix32(k1 + static_cast<uint32_t>(col) * 0x9E3779B9u) ^ k2);
 }
 
 // Standard Gumbel noise of column `col` of a row (float32, as the reference's bits).
-inline float gumbel(uint32_t row_key, int64_t col) {
-  const uint32_t h = mix32(row_key + static_cast<uint32_t>(col) * 0x9E3779B9u);
-  const float u = (static_cast<float>(h >> 8) + 0.5f) * 5.9604644775390625e-08f;  // 2**-24
+inline float gumbel(RowKey key, int64_t col) {
+  const float u = (static_cast<float>(bits(key, col) >> 8) + 0.5f) * 5.9604644775390625e-08f;  // 2**-24
   return -std::log(-std::log(u));
 }
 

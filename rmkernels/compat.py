@@ -4,7 +4,7 @@
 with LLaDA (semi-autoregressive blocks, a linear per-block transfer schedule, ``low_confidence`` or
 ``random`` remasking, Gumbel noise, classifier-free guidance), written from the algorithm's
 description, plus ``remasking="rm"`` (Reflective Masking through :func:`rmkernels.generate`) and a
-KV cache (``cache=``, SPEC §8).
+KV cache (``cache=``, docs/spec.md §8).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def llada_generate(model, prompt: torch.Tensor, attention_mask: torch.Tensor | N
     logits_eos_inf, confidence_eos_eot_inf : bool
         See above; ``eos_id`` (126081) and ``eot_id`` (126348) are LLaDA's ids.
     cache : {None, "none", "prefix", "dual"}
-        KV cache (SPEC §8; needs a model with the KV-cache API, e.g. ``LLaDAModel``): refresh at each
+        KV cache (docs/spec.md §8; needs a model with the KV-cache API, e.g. ``LLaDAModel``): refresh at each
         block's start (and every ``cache_refresh`` steps), otherwise forward only the block
         (``dual``) or the block and what follows (``prefix``). With a cache only the current block's
         masked positions are candidates (earlier blocks' leftovers, if any, stay masked).

@@ -1,4 +1,4 @@
-"""KV cache in the decoder (SPEC §8): refresh logits, fast path == reference of the same schedule,
+"""KV cache in the decoder (docs/spec.md §8): refresh logits, fast path == reference of the same schedule,
 refresh-every-step == uncached, batch invariance, spans forwarded, remask_scope, bad config."""
 import math
 
@@ -134,7 +134,7 @@ CASES = [
     dict(reveal_per_step=2, sampler="low_confidence", history_steps=0, suppress_tokens=(3,)),
     dict(reveal_per_step=1, sampler="confidence_remask", remask_threshold=0.3, history_steps=2, cache_refresh=3),
     dict(reveal="all", rescue_ratio=0.3, max_remask=3, history_steps=0, allow_mask_candidate=False),
-    dict(reveal_per_step=2, fused_head=True, history_steps=2, cfg_scale=0.5, cache_refresh=3),  # SPEC §9
+    dict(reveal_per_step=2, fused_head=True, history_steps=2, cfg_scale=0.5, cache_refresh=3),  # docs/spec.md §9
 ]
 
 

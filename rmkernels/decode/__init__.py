@@ -1,4 +1,4 @@
-"""The Reflective Masking decoder (SPEC §2, §3)."""
+"""The Reflective Masking decoder (docs/spec.md §2, §3)."""
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.generate import DecodeOutput, generate
 from rmkernels.decode.model import RMModel, as_rm_model

@@ -1,4 +1,4 @@
-"""The KV cache in the decoder (SPEC §8): which positions a step forwards, and the cached forward.
+"""The KV cache in the decoder (docs/spec.md §8): which positions a step forwards, and the cached forward.
 
 Schedule (``DecodeConfig.cache``; rows go through the blocks in lockstep)
 
@@ -168,7 +168,7 @@ class CachedForward:
 
     def stats(self, x: torch.Tensor, history, refresh: bool, steps: torch.Tensor, seed: int):
         """``(RMStats [B, W], positions [B, W])`` of the span: ``rm_stats`` of :meth:`logits`, or with
-        ``fused_head`` ``rm_linear_stats`` of the guided hidden states (SPEC §9). RNG counters are
+        ``fused_head`` ``rm_linear_stats`` of the guided hidden states (docs/spec.md §9). RNG counters are
         ``steps * 2**24 + position``, as without a cache."""
         cfg, M = self.cfg, self.mask_id
         if not cfg.fused_head:
@@ -250,7 +250,7 @@ class RowCacheReference:
         else:
             inputs = {"input_ids": x_in}
         s, e = self.span(block)
-        fused = cfg.fused_head  # SPEC §9: the float32 logits of the LM head's input, materialised here
+        fused = cfg.fused_head  # docs/spec.md §9: the float32 logits of the LM head's input, materialised here
         if refresh:  # a full forward: every position's keys and values into the cache
             if self.cache is None:
                 self.cache = rm.allocate_cache(x_in.shape[0], L)

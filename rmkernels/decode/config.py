@@ -1,4 +1,4 @@
-"""Decoding configuration: every knob of the Reflective Masking step loop (SPEC §2, §3)."""
+"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass, field
 SAMPLERS = ("rm", "low_confidence", "confidence_remask")
 REVEAL_MODES = ("topk", "threshold", "all")
 CACHE_MODES = ("none", "prefix", "dual")
-COUNTER_STRIDE = 1 << 24  # RNG counter of (step of a row, position) = step * 2**24 + position (SPEC §7)
+COUNTER_STRIDE = 1 << 24  # RNG counter of (step of a row, position) = step * 2**24 + position (docs/spec.md §7)
 REMASK_SCOPES = ("all", "block")
 
 
 @dataclass
 class DecodeConfig:
-    """Knobs of :func:`rmkernels.generate`. Defaults follow SPEC.md.
+    """Knobs of :func:`rmkernels.generate`. Defaults follow docs/spec.md.
 
     Schedule
         steps : step budget per sequence, split evenly over its blocks.
@@ -25,7 +25,7 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
-    Stuck rescue (an extension of SPEC §2, off by default)
+    Stuck rescue (docs/spec.md §6: an extension of §2, off by default)
         rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
@@ -56,10 +56,10 @@ class DecodeConfig:
             must be capturable: static shapes, no host synchronisation). With a KV cache: one graph
             for the refresh step and one per span width (one for ``dual``, one per block for ``prefix``).
         fused_head : compute the statistics from the LM head's input with ``rm_linear_stats``
-            (SPEC §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
+            (docs/spec.md §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
             gives hidden states and the head (``RMModel.supports_fused_head``). The logits are then
             accumulated in float32 from the head's inputs (not rounded to the model's dtype).
-    KV cache and edit scope (SPEC §8; needs a model with the KV-cache API, e.g. the native LLaDA / Dream)
+    KV cache and edit scope (docs/spec.md §8; needs a model with the KV-cache API, e.g. the native LLaDA / Dream)
         cache : ``"none"`` (every step forwards the whole canvas), ``"prefix"`` (at a block's start,
             and every ``cache_refresh`` steps, a full forward stores every position's keys/values;
             the other steps forward the active block and the generated positions after it) or
@@ -69,7 +69,7 @@ class DecodeConfig:
         cache_refresh : ``None`` = refresh only at a block's start; ``n`` = also at every ``n``-th
             step of a block (``1``: every step is a full forward, i.e. no approximation).
         remask_scope : the generated positions a step may edit (reveal and re-mask): ``"all"`` (every
-            one up to the end of the active block, SPEC §2) or ``"block"`` (the active block only).
+            one up to the end of the active block, docs/spec.md §2) or ``"block"`` (the active block only).
             ``None`` = ``"block"`` with a cache, ``"all"`` without; ``"all"`` with a cache is an error.
     """
 

@@ -6,7 +6,7 @@ One :meth:`FastDecoder.step` updates all rows at once with tensor operations onl
 from ``history_embed``, and the reveal / re-mask decision from
 :func:`~rmkernels.decode.sampler.decide_step` (shared with :class:`~rmkernels.decode.RMSampler`).
 All state lives in tensors updated in place, so on a GPU a step can be captured in a CUDA graph.
-Rows progress independently (own block, step count, fixed point); with a KV cache (SPEC §8,
+Rows progress independently (own block, step count, fixed point); with a KV cache (docs/spec.md §8,
 :mod:`rmkernels.decode.cache`) they go through the blocks in lockstep, a row at its fixed point
 waiting unchanged until the block ends for all.
 """
@@ -44,7 +44,7 @@ class FastDecoder:
         self.suppress_idx = torch.tensor(cfg.suppress_tokens, dtype=torch.int64, device=dev)
         # compared in float32, as the reference; made here, not in a step (CUDA-graph capture)
         self.rescue_ratio = torch.tensor(cfg.rescue_ratio or 0.0, dtype=torch.float32, device=dev)
-        # KV cache (SPEC §8): lockstep blocks; `waiting` = done with the current block, others are not
+        # KV cache (docs/spec.md §8): lockstep blocks; `waiting` = done with the current block, others are not
         self.plan = plan_cache(rm, canvas, cfg)
         self.cached = None if self.plan is None else CachedForward(rm, canvas, cfg, self.plan, mask_id, kernels,
                                                                    self.suppress_idx)
@@ -186,7 +186,7 @@ class FastDecoder:
         return calls
 
     def _run_cached(self, trajectory: list | None) -> int:
-        """The lockstep block loop of a cached decode (SPEC §8); host decisions only between steps."""
+        """The lockstep block loop of a cached decode (docs/spec.md §8); host decisions only between steps."""
         cfg, plan = self.cfg, self.plan
         B = self.x.shape[0]
         rows = torch.arange(B, device=self.x.device)

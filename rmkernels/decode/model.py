@@ -18,7 +18,7 @@ decoder always sees per-position logits (position 0 keeps its own output).
 The adapter also holds the HER LayerNorm (:class:`~rmkernels.history.HistoryNorm`, the only new
 parameters), saved and loaded with safetensors.
 
-Fused LM head (``generate(..., fused_head=True)``, SPEC §9): the decoder then asks the adapter for
+Fused LM head (``generate(..., fused_head=True)``, docs/spec.md §9): the decoder then asks the adapter for
 the LM head's input (:meth:`RMModel.hidden`) and its weight (:meth:`RMModel.lm_head`) instead of the
 logits, and ``rm_linear_stats`` computes the statistics without writing them. Two kinds of model
 can give hidden states:
@@ -267,7 +267,26 @@ class RMModel(nn.Module):
 
 
 def as_rm_model(model, history_norm: HistoryNorm | None = None) -> RMModel:
-    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given)."""
+    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or RMModel
+        A mask diffusion model (Hugging Face models work as they are).
+    history_norm : HistoryNorm, optional
+        The trained HER LayerNorm.
+
+    Returns
+    -------
+    RMModel
+
+    Example
+    -------
+    >>> from rmkernels.models import TinyMDM
+    >>> rm = as_rm_model(TinyMDM(vocab_size=10, max_len=8))
+    >>> rm.supports_history                                    # it has input embeddings
+    True
+    """
     if isinstance(model, RMModel):
         if history_norm is not None:
             model.history_norm = history_norm

@@ -1,8 +1,8 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2 and §3.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
-With a KV cache (SPEC §8) the row's logits come from :class:`~rmkernels.decode.cache.RowCacheReference`:
+With a KV cache (docs/spec.md §8) the row's logits come from :class:`~rmkernels.decode.cache.RowCacheReference`:
 a full forward at every refresh, the span against the cache otherwise; positions outside the span
 have no statistics (they are not editable).
 """
@@ -47,13 +47,13 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
         return ids, torch.tensor([len(history)], device=x.device)
 
     def logits_now():  # [L, V] for the current canvas and history
-        if cfg.fused_head:  # the float32 logits of the LM head's input (SPEC §9), materialised
+        if cfg.fused_head:  # the float32 logits of the LM head's input (docs/spec.md §9), materialised
             h, w, bias, V = decoder_hidden(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")
             return linear_logits_reference(h[0], w, bias, V, cfg.suppress_tokens)
         return decoder_logits(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")[0]
 
     cache = None
-    if cfg.cache != "none":  # SPEC §8: the row's generated positions are one run [first, first + n_gen)
+    if cfg.cache != "none":  # docs/spec.md §8: the row's generated positions are one run [first, first + n_gen)
         first = int(torch.arange(L)[gen.cpu()].min()) if bool(gen.any()) else 0
         cache = RowCacheReference(rm, cfg, mask_id, first, int(gen.sum()), canvas.block_len)
 

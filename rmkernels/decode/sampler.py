@@ -1,6 +1,6 @@
 """The decision part of one Reflective Masking step, and a step-level sampler with no model inside.
 
-:func:`decide_step` is SPEC §2 steps 1, 2 and 2b for a whole batch at once, from the statistics of
+:func:`decide_step` is docs/spec.md §2 steps 1, 2 and 2b for a whole batch at once, from the statistics of
 one forward pass: which masked positions to reveal (and with which token) and which visible ones
 to re-mask. It is a pure tensor function (no host synchronisation) and the only implementation of
 that decision on the device: :class:`~rmkernels.decode.fast.FastDecoder` and :class:`RMSampler`
@@ -40,7 +40,7 @@ class StepDecision(NamedTuple):
     cand: torch.Tensor  # int64, the token a revealed position takes
     reveal: torch.Tensor  # bool
     remask: torch.Tensor  # bool
-    rescued: torch.Tensor  # [B] bool: the stuck rescue fired (SPEC §2, 2b)
+    rescued: torch.Tensor  # [B] bool: the stuck rescue fired (docs/spec.md §2, 2b)
     bad: torch.Tensor  # [] bool: an editable position had NaN / all -inf logits
 
 
@@ -60,7 +60,7 @@ def select_reveal(cfg: DecodeConfig, R: torch.Tensor, score: torch.Tensor, k: in
 def decide_step(cfg: DecodeConfig, st: RMStats, x: torch.Tensor, G: torch.Tensor, mask_id: int, *,
                 remask_count: torch.Tensor, steps: torch.Tensor, rescues: torch.Tensor,
                 rescue_ratio: torch.Tensor) -> StepDecision:
-    """SPEC §2 steps 1 (reveal), 2 (re-mask) and 2b (stuck rescue) for every row, without applying them.
+    """docs/spec.md §2 steps 1 (reveal), 2 (re-mask) and 2b (stuck rescue) for every row, without applying them.
 
     Parameters
     ----------
@@ -322,7 +322,7 @@ class RMSampler:
 
     def input_embeds(self, embedding_weight: torch.Tensor, history_norm, x: torch.Tensor, state: SamplerState,
                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """History Reference input embeddings ``[B, N, D]`` for the next forward (SPEC §3).
+        """History Reference input embeddings ``[B, N, D]`` for the next forward (docs/spec.md §3).
 
         Parameters
         ----------

@@ -23,7 +23,7 @@ every layer uses the *cached* keys/values outside ``[s, e)`` and the fresh ones 
 * Rows whose spans start at different positions (prompts of different lengths): ``q_index=[B, n]``,
   the per-row positions (a gather of the inputs and a scatter into the keys/values; with
   ``cache_update=True`` in place, so no copy of the cache). The decoder's cache modes use it
-  (``rmkernels/decode/cache.py``, SPEC §8).
+  (``rmkernels/decode/cache.py``, docs/spec.md §8).
 
 When the cache is as fresh as the canvas (made from the same tokens), a span forward equals the
 full forward's outputs on the span (up to float rounding); otherwise it is the cache approximation.
@@ -50,13 +50,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rmkernels._utils import atomic_write
 from rmkernels.models._layers import RMSNorm, apply_rope, attention, check_attn_impl, rope_cos_sin
 
 SINGLE_FILE = "model.safetensors"
@@ -238,19 +238,6 @@ class ConfigBase:
         v = getattr(obj, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
             raise ValueError(f"config field {name} must be a positive number, got {v!r}")
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def checkpoint_tensor_files(local_dir: str) -> dict[str, str]:
@@ -653,7 +640,7 @@ class NativeMDM(nn.Module):
         written = []
         index_path, single = os.path.join(save_dir, INDEX_FILE), os.path.join(save_dir, SINGLE_FILE)
         if max_shard_size is None:
-            _atomic_write(single, lambda tmp: save_file(state, tmp, metadata=meta))
+            atomic_write(single, lambda tmp: save_file(state, tmp, metadata=meta))
             written.append(single)
             stale = [index_path]
         else:
@@ -671,19 +658,19 @@ class NativeMDM(nn.Module):
             for i, shard in enumerate(shards):
                 fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
                 path = os.path.join(save_dir, fname)
-                _atomic_write(path, lambda tmp, shard=shard: save_file(shard, tmp, metadata=meta))
+                atomic_write(path, lambda tmp, shard=shard: save_file(shard, tmp, metadata=meta))
                 written.append(path)
                 weight_map.update({k: fname for k in shard})
             total = sum(v.numel() * v.element_size() for v in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _atomic_write(index_path, lambda tmp: _write_json(tmp, index))
+            atomic_write(index_path, lambda tmp: _write_json(tmp, index))
             written.append(index_path)
             stale = [single] + [os.path.join(save_dir, f) for f in os.listdir(save_dir)
                                 if re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f) and f not in set(weight_map.values())]
         cfg = self.config.to_dict()
         cfg["torch_dtype"] = str(self.dtype).replace("torch.", "")
         cfg_path = os.path.join(save_dir, CONFIG_FILE)
-        _atomic_write(cfg_path, lambda tmp: _write_json(tmp, cfg))
+        atomic_write(cfg_path, lambda tmp: _write_json(tmp, cfg))
         written.append(cfg_path)
         for path in stale:  # the other layout would shadow or confuse a later load
             if os.path.exists(path):
