@@ -26,7 +26,7 @@ _EXPORTS = {
     "DecodeOutput": "rmkernels.decode",
     "generate": "rmkernels.decode",
     "RMSampler": "rmkernels.decode",
-    "llada_generate": "rmkernels.compat",
+    "llada_generate": "rmkernels.decode.compat",
     "RMLoss": "rmkernels.ops.rm_loss",
     "rm_loss": "rmkernels.ops.rm_loss",
     "rm_linear_loss": "rmkernels.ops.linear_loss",

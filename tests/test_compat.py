@@ -9,7 +9,7 @@ import torch
 from test_decode_cache import M, V, make
 
 from rmkernels import DecodeConfig, generate
-from rmkernels.compat import llada_generate, transfer_counts
+from rmkernels.decode.compat import llada_generate, transfer_counts
 from rmkernels.decode import RMModel, RMSampler
 from rmkernels.models import load_pretrained
 

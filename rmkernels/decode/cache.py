@@ -32,7 +32,7 @@ import torch
 
 from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig
-from rmkernels.decode.forward import _guide, guidance_batch, guide_and_suppress
+from rmkernels.decode.forward import guide, guidance_batch, guide_and_suppress
 from rmkernels.decode.model import RMModel
 from rmkernels.ops.rm_stats import RMStats, rm_stats
 from rmkernels.reference.linear_stats import linear_logits_reference
@@ -183,7 +183,7 @@ class CachedForward:
         if M >= V:
             raise ValueError(f"mask_id={M} is outside the model's vocabulary (V={V})")
         counters = steps[:, None] * COUNTER_STRIDE + pos
-        h = _guide(hidden, self.B, cfg).to(w.dtype)
+        h = guide(hidden, self.B, cfg).to(w.dtype)
         st = rm_linear_stats(h, w, x.gather(1, pos), M, lm_bias=b, vocab_size=V, temperature=cfg.temperature,
                              seed=seed, offset=counters, suppress_tokens=self.suppress_idx, check=False,
                              impl=self.kernels)
@@ -263,7 +263,7 @@ class RowCacheReference:
         rows = [max(p - self.shift, 0) - lo for p in range(s, e)]
         if fused:
             w, bias, V = rm.lm_head()
-            h = _guide(out.hidden[:, rows], 1, cfg).to(w.dtype)[0]
+            h = guide(out.hidden[:, rows], 1, cfg).to(w.dtype)[0]
             logits = linear_logits_reference(h, w, bias, V, cfg.suppress_tokens)
         else:
             logits = guide_and_suppress(out.logits[:, rows], 1, cfg)[0]

@@ -35,7 +35,7 @@ def _run_model(rm: RMModel, fn, x_in, att_in, g_in, hist_in, cfg: DecodeConfig, 
     return fn(input_ids=x_in, attention_mask=att_in)
 
 
-def _guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
+def guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
     """``uncond + (s + 1) (cond - uncond)`` over the two halves of the batch (logits or hidden states:
     the LM head is affine, so mixing hidden states mixes the logits, the bias counted once)."""
     if cfg.cfg_scale > 0:
@@ -77,7 +77,7 @@ def decoder_logits(
 def guide_and_suppress(logits: torch.Tensor, B: int, cfg: DecodeConfig, suppress_idx=None) -> torch.Tensor:
     """Combine the guided halves of ``logits`` (``cfg_scale > 0``) and set ``suppress_tokens`` to -inf
     (``suppress_idx``: the ids as a device tensor made once by the caller, for CUDA graphs)."""
-    logits = _guide(logits, B, cfg)
+    logits = guide(logits, B, cfg)
     if cfg.suppress_tokens:
         if max(cfg.suppress_tokens) >= logits.shape[-1]:
             raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={logits.shape[-1]})")
@@ -112,7 +112,7 @@ def decoder_hidden(
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={V})")
     if cfg.suppress_tokens and max(cfg.suppress_tokens) >= V:
         raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={V})")
-    return _guide(h, B, cfg).to(weight.dtype), weight, bias, V
+    return guide(h, B, cfg).to(weight.dtype), weight, bias, V
 
 
 def decoder_stats(
