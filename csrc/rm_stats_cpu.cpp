@@ -158,7 +158,7 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         }
       }
     } else {
-      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (SPEC §7)
+      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (docs/spec.md §7)
       float tv = kNegInf, bv = kNegInf;
       for (int64_t v = 0; v < V; ++v) {
         const float score = to_f(z[v]) / temp_f + rng::gumbel(key, v);

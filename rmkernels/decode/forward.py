@@ -20,6 +20,9 @@ def _model_inputs(x, attention_mask, gen_mask, history, cfg: DecodeConfig, mask_
     return x, attention_mask, gen_mask, history
 
 
+guidance_batch = _model_inputs  # public name (the KV-cache path, rmkernels/decode/cache.py)
+
+
 def _run_model(rm: RMModel, fn, x_in, att_in, g_in, hist_in, cfg: DecodeConfig, kernels: str):
     """``fn`` (the adapter's forward or its ``hidden``) on the canvas, with HER embeddings if any."""
     if hist_in is not None:
@@ -32,7 +35,7 @@ def _run_model(rm: RMModel, fn, x_in, att_in, g_in, hist_in, cfg: DecodeConfig, 
     return fn(input_ids=x_in, attention_mask=att_in)
 
 
-def _guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
+def guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
     """``uncond + (s + 1) (cond - uncond)`` over the two halves of the batch (logits or hidden states:
     the LM head is affine, so mixing hidden states mixes the logits, the bias counted once)."""
     if cfg.cfg_scale > 0:
@@ -68,7 +71,13 @@ def decoder_logits(
                          f"[B, L] = {tuple(x_in.shape)}")
     if mask_id >= logits.shape[-1]:
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={logits.shape[-1]})")
-    logits = _guide(logits, B, cfg)
+    return guide_and_suppress(logits, B, cfg, suppress_idx)
+
+
+def guide_and_suppress(logits: torch.Tensor, B: int, cfg: DecodeConfig, suppress_idx=None) -> torch.Tensor:
+    """Combine the guided halves of ``logits`` (``cfg_scale > 0``) and set ``suppress_tokens`` to -inf
+    (``suppress_idx``: the ids as a device tensor made once by the caller, for CUDA graphs)."""
+    logits = guide(logits, B, cfg)
     if cfg.suppress_tokens:
         if max(cfg.suppress_tokens) >= logits.shape[-1]:
             raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={logits.shape[-1]})")
@@ -103,7 +112,7 @@ def decoder_hidden(
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={V})")
     if cfg.suppress_tokens and max(cfg.suppress_tokens) >= V:
         raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={V})")
-    return _guide(h, B, cfg).to(weight.dtype), weight, bias, V
+    return guide(h, B, cfg).to(weight.dtype), weight, bias, V
 
 
 def decoder_stats(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from rmkernels._utils import IMPLS
+from rmkernels.decode.cache import plan_cache
 from rmkernels.decode.canvas import Canvas, build_canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.fast import FastDecoder
@@ -93,6 +94,9 @@ def generate(
         tokens there can be re-masked.
     config : DecodeConfig, optional
         The knobs; keyword ``overrides`` replace single fields (``generate(..., steps=32)``).
+        ``cache="prefix" | "dual"`` (docs/spec.md §8) needs a model with the KV-cache API (the native
+        ``LLaDAModel`` / ``DreamModel``) and prompts extended by ``gen_length`` (or a ready canvas
+        whose rows each hold one contiguous run of generated positions of the same length).
     mask_id : int
         The mask token id (required).
     prompt_mask : Tensor ``[B, L]`` bool, optional
@@ -158,6 +162,7 @@ def generate(
         input_ids, mask_id, cfg, attention_mask=attention_mask, gen_length=gen_length, prompt_mask=prompt_mask,
         pad_id=pad_id, max_length=max_length if max_length is not None else _model_max_length(rm.model),
     )
+    plan_cache(rm, canvas, cfg)  # cache="prefix" / "dual": the model and the layout can run it (docs/spec.md §8)
     seed = cfg.seed if cfg.seed is not None else (int(torch.randint(0, 2**62, (1,))) if cfg.temperature > 0 else 0)
 
     if impl == "reference":

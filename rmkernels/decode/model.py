@@ -222,6 +222,35 @@ class RMModel(nn.Module):
                              "fused_head needs exactly one call")
         return self._shift(captured[0])
 
+    # --- KV cache (models with the native KV-cache API, e.g. rmkernels.models.LLaDAModel) -------
+    @property
+    def supports_cache(self) -> bool:
+        """True when the model has the KV-cache API the decoder's ``cache="prefix" | "dual"`` uses:
+        ``forward(..., kv_cache=, cache_update=, q_index=, return_hidden=)``, ``logits_from_hidden``
+        and ``allocate_kv_cache`` (see ``docs/models.md``)."""
+        m = self.model
+        params = _forward_params(m)
+        return (callable(getattr(m, "allocate_kv_cache", None)) and callable(getattr(m, "logits_from_hidden", None))
+                and params is not None and {"kv_cache", "cache_update", "q_index", "return_hidden"} <= params)
+
+    def allocate_cache(self, batch_size: int, length: int):
+        """A zero KV cache with fixed storage (static addresses, for CUDA graphs)."""
+        return self.model.allocate_kv_cache(batch_size, length)
+
+    def cached_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, *, kv_cache,
+                      q_index=None) -> torch.Tensor:
+        """Final-normed hidden states ``[B, n, D]`` (raw positions: no logits shift), storing keys and
+        values in ``kv_cache``: a full forward (``q_index=None``, the cache is refreshed) or a forward
+        of the per-row positions ``q_index [B, n]`` against it (their keys/values written in place)."""
+        kwargs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        out = self.model(**kwargs, attention_mask=attention_mask, kv_cache=kv_cache, cache_update=True,
+                         q_index=q_index, return_hidden=True)
+        return out.hidden
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's LM head on hidden states (no logits shift)."""
+        return self.model.logits_from_hidden(hidden)
+
     # ------------------------------------------------------------------------------------------
     def save_history_norm(self, path: str, metadata: dict | None = None) -> None:
         if self.history_norm is None:
