@@ -270,3 +270,35 @@ def test_checkpoint_directory_is_replaced_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write_dir(d, broken)
     assert sorted(os.listdir(d)) == ["b.json"] and sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+# --- the shipped checkpoints --------------------------------------------------------------------
+SHIPPED_RESULTS = os.path.join(os.path.dirname(__file__), "..", "results", "text", "test1000")
+
+
+@pytest.mark.parametrize("system", ["base_lc", "base_conf", "rm", "rm_hist", "full", "rm_hist_decay"])
+def test_shipped_checkpoints_reproduce_the_reported_answers(system):
+    """Each shipped model (fp16, with its tokenizer, found as package data) decodes the first 8
+    shipped test problems to the graded answers its reported K = 4 evaluation recorded."""
+    import tomllib
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast
+
+    from rmkernels.tasks.text.checkpoint import load_checkpoint, shipped
+    from rmkernels.tasks.text.evaluate import SYSTEMS, evaluate_system, load_problems
+
+    report = os.path.join(SHIPPED_RESULTS, f"{system}_K4.json")
+    variant, sampler = SYSTEMS[system]
+    path = shipped(variant)
+    model, norm, meta = load_checkpoint(path)
+    assert meta["stored_dtype"] == "float16" and (norm is not None) == (variant not in ("base", "rm"))
+    assert PreTrainedTokenizerFast.from_pretrained(path).convert_tokens_to_ids("<mask>") == MASK_ID
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rmkernels.tasks.text"]
+    pkg = root / "rmkernels" / "tasks" / "text"
+    assert {p for p in Path(path).iterdir()} <= {p for g in globs for p in pkg.glob(g)}
+    doc = json.load(open(report))
+    exprs, values = load_problems(limit=8)
+    _, answers, _, _ = evaluate_system(variant, sampler, 4, exprs, values, loaded=(model, norm, meta), kernels="reference")
+    assert answers == doc["answers"][f"{system}@K4"][:8]
