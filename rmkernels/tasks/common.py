@@ -76,10 +76,12 @@ def claim_run_dir(out_dir: str, run: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))  # creates out_dir
 
 
-def add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
-    """One ``--field-name`` flag per dataclass field, typed and defaulted by the field's default."""
+def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One ``--<prefix>field-name`` flag per dataclass field, typed and defaulted by the field's
+    default, stored as ``<prefix>field_name`` (``prefix`` with ``-`` as ``_``)."""
     for name, field in cls.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default)
+        p.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix.replace("-", "_") + name,
+                       type=type(field.default), default=field.default)
 
 
 def paired_stats(diffs) -> tuple[float, float]:
