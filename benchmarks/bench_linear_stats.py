@@ -41,7 +41,7 @@ def child(args) -> dict:
     if args.variant == "unfused":
         def fn():
             logits = h @ w.T  # [N, V] float32
-            return rm_stats(logits, x, M, impl="cpp")
+            return rm_stats(logits, x, M, impl="ext")
     else:
         def fn():
             return rm_linear_stats(h, w, x, M, impl="ext", chunk_size=args.chunk)

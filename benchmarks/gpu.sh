@@ -46,6 +46,7 @@ gpu_rm_stats         45          120
 gpu_history_embed    40          120
 gpu_rm_loss          60          150
 gpu_decode           60          150
+gpu_cache            90          150
 gpu_linear_stats     60          120
 "
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from rmkernels import rm_linear_loss, rm_loss  # noqa: E402
-from rmkernels.ops.rm_loss import _row_weights  # noqa: E402
+from rmkernels.ops.loss_utils import row_weights  # noqa: E402
 from rmkernels.reference.loss import rm_linear_loss_reference, rm_loss_reference  # noqa: E402
 
 WEIGHTS = (1.0, 1.0, 0.5)
@@ -78,7 +78,7 @@ def rel_err(a, b):
 def eager_bf16_ce(logits, labels, part):
     """Weighted RM total with a plain F.cross_entropy on the logits as they are (no upcast)."""
     ce = F.cross_entropy(logits, torch.where(part >= 0, labels, -100), reduction="none")
-    w = _row_weights(part, WEIGHTS)
+    w = row_weights(part, WEIGHTS)
     return (w * ce).sum() / w.sum()
 
 

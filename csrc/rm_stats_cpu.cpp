@@ -1,4 +1,4 @@
-// rm_stats on the CPU (SPEC §1): the same statistics as the Triton kernel, one row per task.
+// rm_stats on the CPU (docs/spec.md §1): the same statistics as the Triton kernel, one row per task.
 //
 // Per row (at::parallel_for over rows), with z the row converted to float32 on the fly:
 //   pass 1: max and the NaN flag (vectorisable reductions); then the first id holding the max
@@ -158,7 +158,7 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         }
       }
     } else {
-      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (SPEC §7)
+      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (docs/spec.md §7)
       float tv = kNegInf, bv = kNegInf;
       for (int64_t v = 0; v < V; ++v) {
         const float score = to_f(z[v]) / temp_f + rng::gumbel(key, v);
@@ -253,7 +253,7 @@ void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const 
 
 // ---------------------------------------------------------------------------------------------
 // Partial statistics of one vocabulary chunk, merged into a running per-row state (the CPU path of
-// rm_linear_stats, SPEC §9): the caller computes the logits of columns [col0, col0 + C) into a
+// rm_linear_stats, docs/spec.md §9): the caller computes the logits of columns [col0, col0 + C) into a
 // [N, C] float32 buffer, this pass folds them into the state, and the next chunk reuses the buffer.
 //
 // state [N, 8] float64 per row: 0 m (running max), 1 s (sum of exp(z - m); NaN once a NaN was
@@ -371,13 +371,7 @@ void linear_stats_chunk_cpu_(const at::Tensor& z, int64_t col0, const at::Tensor
 }  // namespace
 }  // namespace rmk
 
-TORCH_LIBRARY_FRAGMENT(rmkernels, m) {
-  m.def(
-      "rm_stats_cpu_out(Tensor logits, Tensor tokens, Tensor counters, int L1, int stride0, int stride1, "
-      "int mask_id, float temperature, int seed_key, Tensor(a!) top_id, Tensor(b!) top_p, Tensor(c!) mask_p, "
-      "Tensor(d!) cur_p, Tensor(e!) best_id, Tensor(f!) best_p, Tensor(g!) status) -> ()");
-}
-
+// the schemas are in csrc/module.cpp
 TORCH_LIBRARY_IMPL(rmkernels, CPU, m) {
   m.impl("rm_stats_cpu_out", &rmk::rm_stats_cpu_out);
   m.impl("linear_stats_chunk_cpu_", &rmk::linear_stats_chunk_cpu_);

@@ -1,4 +1,4 @@
-// The counter-based RNG of rmkernels/reference/rng.py (SPEC §7) for the C++ kernels: the one place
+// The counter-based RNG of rmkernels/reference/rng.py (docs/spec.md §7) for the C++ kernels: the one place
 // in csrc/ that knows the hash, so every kernel draws the same bits as the reference and Triton.
 #pragma once
 

@@ -9,7 +9,7 @@ import torch
 
 def her_embed_by_hand(weight, input_ids, history_ids, history_len, token_mask, *, decay=0.0, rotate=True,
                       ln_weight=None, ln_bias=None, eps=1e-5) -> torch.Tensor:
-    """History Reference embeddings (SPEC §3) in float64, by explicit loops over the formula:
+    """History Reference embeddings (docs/spec.md §3) in float64, by explicit loops over the formula:
 
         s_i   = sum_{d=1..len_b} exp(-decay * (d - 1)) * Rot_d(E[h^(d)_i]) * g_i
         Rot_d : halves a = e[:D//2], b = e[D//2 : 2*(D//2)], the odd last dim passes through;

@@ -1,4 +1,4 @@
-"""generate(..., fused_head=True): statistics from the LM head's input (rm_linear_stats, SPEC §9).
+"""generate(..., fused_head=True): statistics from the LM head's input (rm_linear_stats, docs/spec.md §9).
 
 Decoding with the fused head must equal decoding with full logits (fused_head=False) on the tests'
 models, and the fast path must equal the reference loop, with guidance, suppression, History

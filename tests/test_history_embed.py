@@ -62,7 +62,7 @@ def assert_matches(out, args, kwargs):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", ["reference", "ext"])
 def test_matches_the_formula_computed_by_hand(impl):
-    """Reference and kernel against explicit loops over SPEC §3 (tests/oracles.py, float64): odd D
+    """Reference and kernel against explicit loops over docs/spec.md §3 (tests/oracles.py, float64): odd D
     (a pass-through dimension), full / partial / no history, prompt positions (g = 0: the
     LayerNorm of a zero sum is its bias)."""
     B, H, L, V, D = 3, 3, 4, 7, 5

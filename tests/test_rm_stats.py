@@ -35,7 +35,7 @@ def assert_stats_equal(a: RMStats, b: RMStats, atol=ATOL):
 
 # The C++ CPU kernel is tested on every host, a CUDA one included (its tensors are CPU tensors);
 # a missing or broken build fails these tests instead of dropping them (see test_extension_is_built).
-KERNELS = ["triton", "cpp"]
+KERNELS = ["triton", "ext"]
 
 
 @pytest.fixture(params=KERNELS)
@@ -415,7 +415,7 @@ def test_torch_compile():
     assert torch.equal(new, torch.where(ref.mask_p > ref.cur_p, 5, tokens))
 
 
-def test_opcheck_cpp():
+def test_opcheck_ext():
     V = 130
     z = torch.randn(3, V)
     x = torch.randint(0, V, (3,))

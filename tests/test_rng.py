@@ -1,4 +1,4 @@
-"""The counter-based RNG (SPEC §7): one stream in the reference, the Triton kernels and the C++
+"""The counter-based RNG (docs/spec.md §7): one stream in the reference, the Triton kernels and the C++
 kernel, every bit of the 64-bit counter used, no repeats in the decoder's counter layout."""
 import math
 
@@ -15,8 +15,8 @@ from rmkernels.reference import rng
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# implementations of rm_stats that sample with the counter RNG ("cpp": the C++ CPU kernel)
-SAMPLERS = ["reference", "triton", "cpp"]
+# implementations of rm_stats that sample with the counter RNG ("ext": the C++ CPU kernel)
+SAMPLERS = ["reference", "triton", "ext"]
 
 # counters / seeds where the high words matter: beyond 2**32, negative, the int64 extremes
 BIG_COUNTERS = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 3 * 2**32 + 17, 255 * 2**24 + 5, 256 * 2**24 + 5,
@@ -25,7 +25,7 @@ BIG_SEEDS = [0, 7, 2**32 - 1, 2**32 + 7, 2**40 + 3, 2**63 + 11, 2**64 - 1, -5]
 
 
 # ----------------------------------------------------------------------------------------------
-# an independent transcription of the formula (plain Python ints, from SPEC §7)
+# an independent transcription of the formula (plain Python ints, from docs/spec.md §7)
 # ----------------------------------------------------------------------------------------------
 def _mix32(x: int) -> int:
     x &= 0xFFFFFFFF
@@ -161,7 +161,7 @@ def test_decoder_noise_does_not_repeat_over_2_to_the_20_steps():
     noise the expected number of colliding pairs among 2**20 steps is C(2**20, 2) / 2**96 ~ 2**-57,
     so any repeat is a defect: the old hash of the counter's low 32 bits repeated every 256 steps
     (2**20 - 256 repeats), and a 32-bit row key would give ~C(2**20, 2) / 2**32 ~ 128 steps whose
-    whole noise rows coincide (birthday bound) -- hence the 64-bit row state of SPEC §7.
+    whole noise rows coincide (birthday bound) -- hence the 64-bit row state of docs/spec.md §7.
     """
     position = 2**24 - 3  # a position with high bits set in the counter's low word
     counters = torch.arange(2**20, dtype=torch.int64) * COUNTER_STRIDE + position

@@ -189,9 +189,9 @@ def test_metrics_on_hand_made_trajectory():
 
 
 def test_shipped_test_split_is_the_generated_one():
-    from importlib.resources import files
+    from rmkernels.tasks.sudoku.assets import default_boards
 
-    corrupted, solution = read_boards(str(files("rmkernels") / "data" / "sudoku_test.txt"))
+    corrupted, solution = read_boards(default_boards())
     assert corrupted.shape == (1000, 81)
     changed = (corrupted != solution).sum(1)
     assert changed.min() >= 4 and changed.max() <= 20

@@ -64,7 +64,7 @@ def test_decode_config_follows_the_checkpoint(tiny_dir):
     assert decode_config(meta, "low_confidence").history_steps == 0
     with pytest.raises(ValueError, match="variant"):
         checkpoint_path("best")
-    assert cfg.rescue_ratio is None  # the SPEC decoder unless asked
+    assert cfg.rescue_ratio is None  # the spec decoder unless asked
     assert decode_config(meta, rescue_ratio=0.5).rescue_ratio == 0.5
     assert decode_config(meta, "confidence_remask", rescue_ratio=0.5).rescue_ratio is None  # baselines ignore it
 

@@ -1,4 +1,4 @@
-"""Sudoku post-training data: SPEC §4 trajectories plus swapped pairs and wrong reveals."""
+"""Sudoku post-training data: docs/spec.md §4 trajectories plus swapped pairs and wrong reveals."""
 import numpy as np
 import pytest
 import torch

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_trainer import MASK, V, tiny_task
 
+from rmkernels.cli import main as rmk_main
 from rmkernels.models import TinyMDM
 from rmkernels.training import SynthConfig, TrainConfig, precompute
-from rmkernels.training.__main__ import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,10 +21,11 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
     precompute(data, targets, answer, None, MASK, SynthConfig(corruption_rate=0.5, frames=5, history_steps=2),
                vocab_size=V, shard_size=20)
     args = ["--data", data, "--steps", "5", "--batch-size", "8", "--lr", "3e-3", "--warmup", "2",
-            "--history-steps", "2", "--dim", "32", "--depth", "2", "--heads", "2", "--loss-impl", "reference",
+            "--history-steps", "2", "--dim", "32", "--depth", "2", "--heads", "2", "--kernels", "reference",
             "--loss-weights", "1", "2", "0.5", "--rank-params", "--quiet"]
     # the same global batch of 8: one process, one micro-batch / two ranks, two micro-batches of 2 each
-    train_main(args + ["--out", str(tmp_path / "one")])
+    assert rmk_main(["train", *args, "--out", str(tmp_path / "one")]) == 0  # `rmk train`
+    # two ranks under torchrun through the module alias `python -m rmkernels.training`
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

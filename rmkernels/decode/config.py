@@ -1,15 +1,18 @@
-"""Decoding configuration: every knob of the Reflective Masking step loop (SPEC §2, §3)."""
+"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 SAMPLERS = ("rm", "low_confidence", "confidence_remask")
 REVEAL_MODES = ("topk", "threshold", "all")
+CACHE_MODES = ("none", "prefix", "dual")
+COUNTER_STRIDE = 1 << 24  # RNG counter of (step of a row, position) = step * 2**24 + position (docs/spec.md §7)
+REMASK_SCOPES = ("all", "block")
 
 
 @dataclass
 class DecodeConfig:
-    """Knobs of :func:`rmkernels.generate`. Defaults follow SPEC.md.
+    """Knobs of :func:`rmkernels.generate`. Defaults follow docs/spec.md.
 
     Schedule
         steps : step budget per sequence, split evenly over its blocks.
@@ -22,7 +25,7 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
-    Stuck rescue (an extension of SPEC §2, off by default)
+    Stuck rescue (docs/spec.md §6: an extension of §2, off by default)
         rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
@@ -50,11 +53,24 @@ class DecodeConfig:
         check_every : the fast path looks at its device-side "all finished" flag every this many
             steps (one host synchronisation each time).
         cuda_graph : on CUDA, capture one step in a CUDA graph and replay it (the model forward
-            must be capturable: static shapes, no host synchronisation).
+            must be capturable: static shapes, no host synchronisation). With a KV cache: one graph
+            for the refresh step and one per span width (one for ``dual``, one per block for ``prefix``).
         fused_head : compute the statistics from the LM head's input with ``rm_linear_stats``
-            (SPEC §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
+            (docs/spec.md §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
             gives hidden states and the head (``RMModel.supports_fused_head``). The logits are then
             accumulated in float32 from the head's inputs (not rounded to the model's dtype).
+    KV cache and edit scope (docs/spec.md §8; needs a model with the KV-cache API, e.g. the native LLaDA / Dream)
+        cache : ``"none"`` (every step forwards the whole canvas), ``"prefix"`` (at a block's start,
+            and every ``cache_refresh`` steps, a full forward stores every position's keys/values;
+            the other steps forward the active block and the generated positions after it) or
+            ``"dual"`` (the same refreshes; the other steps forward the active block only). With a
+            cache the rows of a batch go through the blocks in lockstep (a row at its fixed point
+            waits, unchanged, for the others), and only the active block is edited.
+        cache_refresh : ``None`` = refresh only at a block's start; ``n`` = also at every ``n``-th
+            step of a block (``1``: every step is a full forward, i.e. no approximation).
+        remask_scope : the generated positions a step may edit (reveal and re-mask): ``"all"`` (every
+            one up to the end of the active block, docs/spec.md §2) or ``"block"`` (the active block only).
+            ``None`` = ``"block"`` with a cache, ``"all"`` without; ``"all"`` with a cache is an error.
     """
 
     steps: int = 64
@@ -81,6 +97,9 @@ class DecodeConfig:
     record_trajectory: bool = False
     check_every: int = 4
     cuda_graph: bool = False
+    cache: str = "none"
+    cache_refresh: int | None = None
+    remask_scope: str | None = None
     fused_head: bool = False
 
     def __post_init__(self):
@@ -114,8 +133,22 @@ class DecodeConfig:
              "None unless the sampler is 'rm' with remask on")
         need(0.0 <= float(self.remask_threshold) <= 1.0, "remask_threshold", "in [0, 1]")
         need(is_int(self.check_every) and self.check_every >= 1, "check_every", "an int >= 1")
+        need(self.cache in CACHE_MODES, "cache", f"one of {CACHE_MODES}")
+        need(self.cache_refresh is None or (is_int(self.cache_refresh) and self.cache_refresh >= 1), "cache_refresh",
+             "None or an int >= 1")
+        need(self.remask_scope is None or self.remask_scope in REMASK_SCOPES, "remask_scope",
+             f"None or one of {REMASK_SCOPES}")
+        need(self.cache == "none" or self.remask_scope != "all", "remask_scope",
+             "'block' (or None) with a KV cache: only the active block has fresh logits")
         need(isinstance(self.fused_head, bool), "fused_head", "a bool")
         return self
+
+    @property
+    def edit_scope(self) -> str:
+        """``remask_scope`` resolved: ``"block"`` with a cache, ``"all"`` without (unless set)."""
+        if self.remask_scope is not None:
+            return self.remask_scope
+        return "all" if self.cache == "none" else "block"
 
     @property
     def remask_rule(self) -> str | None:

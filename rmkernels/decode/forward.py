@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rmkernels._utils import resolve_impl
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.model import RMModel
 
@@ -19,18 +20,22 @@ def _model_inputs(x, attention_mask, gen_mask, history, cfg: DecodeConfig, mask_
     return x, attention_mask, gen_mask, history
 
 
+guidance_batch = _model_inputs  # public name (the KV-cache path, rmkernels/decode/cache.py)
+
+
 def _run_model(rm: RMModel, fn, x_in, att_in, g_in, hist_in, cfg: DecodeConfig, kernels: str):
     """``fn`` (the adapter's forward or its ``hidden``) on the canvas, with HER embeddings if any."""
     if hist_in is not None:
         embeds = rm.history_norm(
             rm.embedding_weight, x_in, hist_in[0], hist_in[1], g_in,
-            decay=cfg.history_decay, rotate=cfg.history_rotate, check=False, impl=kernels,
+            decay=cfg.history_decay, rotate=cfg.history_rotate, check=False,
+            impl=resolve_impl("history_embed", kernels, x_in.device, fallback=True),
         )
         return fn(inputs_embeds=embeds, attention_mask=att_in)
     return fn(input_ids=x_in, attention_mask=att_in)
 
 
-def _guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
+def guide(out: torch.Tensor, B: int, cfg: DecodeConfig) -> torch.Tensor:
     """``uncond + (s + 1) (cond - uncond)`` over the two halves of the batch (logits or hidden states:
     the LM head is affine, so mixing hidden states mixes the logits, the bias counted once)."""
     if cfg.cfg_scale > 0:
@@ -54,6 +59,8 @@ def decoder_logits(
 
     ``suppress_idx``: ``cfg.suppress_tokens`` as a device tensor, made once by the caller (creating
     it here would copy from the host inside every step, which a CUDA graph cannot capture).
+    ``kernels``: the decoder's implementation preference; ``history_embed`` runs it where it has
+    that kernel on this device, else its ``"auto"`` choice (:func:`rmkernels._utils.resolve_impl`).
     """
     B, L = x.shape
     x_in, att_in, g_in, hist_in = _model_inputs(x, attention_mask, gen_mask, history, cfg, mask_id)
@@ -64,7 +71,13 @@ def decoder_logits(
                          f"[B, L] = {tuple(x_in.shape)}")
     if mask_id >= logits.shape[-1]:
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={logits.shape[-1]})")
-    logits = _guide(logits, B, cfg)
+    return guide_and_suppress(logits, B, cfg, suppress_idx)
+
+
+def guide_and_suppress(logits: torch.Tensor, B: int, cfg: DecodeConfig, suppress_idx=None) -> torch.Tensor:
+    """Combine the guided halves of ``logits`` (``cfg_scale > 0``) and set ``suppress_tokens`` to -inf
+    (``suppress_idx``: the ids as a device tensor made once by the caller, for CUDA graphs)."""
+    logits = guide(logits, B, cfg)
     if cfg.suppress_tokens:
         if max(cfg.suppress_tokens) >= logits.shape[-1]:
             raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={logits.shape[-1]})")
@@ -84,7 +97,7 @@ def decoder_hidden(
     mask_id: int,
     kernels: str = "auto",
 ):
-    """The fused-head counterpart of :func:`decoder_logits` (SPEC §9): ``(hidden [B, L, D], weight
+    """The fused-head counterpart of :func:`decoder_logits` (docs/spec.md §9): ``(hidden [B, L, D], weight
     [E, D], bias [E] or None, vocab_size)`` such that ``decoder_logits`` equals
     ``(hidden @ weight[:vocab_size].T + bias[:vocab_size])`` with ``cfg.suppress_tokens`` at -inf.
     Guidance mixes the two hidden rows; the hidden states are cast to the head's dtype."""
@@ -99,7 +112,7 @@ def decoder_hidden(
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (V={V})")
     if cfg.suppress_tokens and max(cfg.suppress_tokens) >= V:
         raise ValueError(f"suppress_tokens holds ids outside the vocabulary (V={V})")
-    return _guide(h, B, cfg).to(weight.dtype), weight, bias, V
+    return guide(h, B, cfg).to(weight.dtype), weight, bias, V
 
 
 def decoder_stats(
@@ -123,14 +136,18 @@ def decoder_stats(
     if cfg.fused_head:
         from rmkernels.ops.linear_stats import rm_linear_stats
 
+        impl = resolve_impl("rm_linear_stats", kernels, x.device, fallback=True)
+        if impl == "reference" and kernels != "reference":
+            impl = "auto"  # the op's own auto keeps the logits chunked where no kernel runs
         h, w, b, V = decoder_hidden(rm, x, attention_mask, gen_mask, history, cfg, mask_id, kernels)
         sup = cfg.suppress_tokens if suppress_idx is None else suppress_idx
         return rm_linear_stats(h, w, x, mask_id, lm_bias=b, vocab_size=V, temperature=temperature, seed=seed,
-                               offset=offset, suppress_tokens=sup, check=check, impl=kernels)
+                               offset=offset, suppress_tokens=sup, check=check, impl=impl)
     from rmkernels.ops.rm_stats import rm_stats
 
     logits = decoder_logits(rm, x, attention_mask, gen_mask, history, cfg, mask_id, kernels, suppress_idx)
-    return rm_stats(logits, x, mask_id, temperature=temperature, seed=seed, offset=offset, check=check, impl=kernels)
+    return rm_stats(logits, x, mask_id, temperature=temperature, seed=seed, offset=offset, check=check,
+                    impl=resolve_impl("rm_stats", kernels, x.device, fallback=True))
 
 
 def check_suppress_tokens(cfg: DecodeConfig, mask_id: int) -> None:

@@ -18,7 +18,7 @@ decoder always sees per-position logits (position 0 keeps its own output).
 The adapter also holds the HER LayerNorm (:class:`~rmkernels.history.HistoryNorm`, the only new
 parameters), saved and loaded with safetensors.
 
-Fused LM head (``generate(..., fused_head=True)``, SPEC §9): the decoder then asks the adapter for
+Fused LM head (``generate(..., fused_head=True)``, docs/spec.md §9): the decoder then asks the adapter for
 the LM head's input (:meth:`RMModel.hidden`) and its weight (:meth:`RMModel.lm_head`) instead of the
 logits, and ``rm_linear_stats`` computes the statistics without writing them. Two kinds of model
 can give hidden states:
@@ -222,6 +222,35 @@ class RMModel(nn.Module):
                              "fused_head needs exactly one call")
         return self._shift(captured[0])
 
+    # --- KV cache (models with the native KV-cache API, e.g. rmkernels.models.LLaDAModel) -------
+    @property
+    def supports_cache(self) -> bool:
+        """True when the model has the KV-cache API the decoder's ``cache="prefix" | "dual"`` uses:
+        ``forward(..., kv_cache=, cache_update=, q_index=, return_hidden=)``, ``logits_from_hidden``
+        and ``allocate_kv_cache`` (see ``docs/models.md``)."""
+        m = self.model
+        params = _forward_params(m)
+        return (callable(getattr(m, "allocate_kv_cache", None)) and callable(getattr(m, "logits_from_hidden", None))
+                and params is not None and {"kv_cache", "cache_update", "q_index", "return_hidden"} <= params)
+
+    def allocate_cache(self, batch_size: int, length: int):
+        """A zero KV cache with fixed storage (static addresses, for CUDA graphs)."""
+        return self.model.allocate_kv_cache(batch_size, length)
+
+    def cached_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, *, kv_cache,
+                      q_index=None) -> torch.Tensor:
+        """Final-normed hidden states ``[B, n, D]`` (raw positions: no logits shift), storing keys and
+        values in ``kv_cache``: a full forward (``q_index=None``, the cache is refreshed) or a forward
+        of the per-row positions ``q_index [B, n]`` against it (their keys/values written in place)."""
+        kwargs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        out = self.model(**kwargs, attention_mask=attention_mask, kv_cache=kv_cache, cache_update=True,
+                         q_index=q_index, return_hidden=True)
+        return out.hidden
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's LM head on hidden states (no logits shift)."""
+        return self.model.logits_from_hidden(hidden)
+
     # ------------------------------------------------------------------------------------------
     def save_history_norm(self, path: str, metadata: dict | None = None) -> None:
         if self.history_norm is None:
@@ -238,7 +267,26 @@ class RMModel(nn.Module):
 
 
 def as_rm_model(model, history_norm: HistoryNorm | None = None) -> RMModel:
-    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given)."""
+    """Wrap ``model`` in an :class:`RMModel` (an adapter is returned as is, with ``history_norm`` set if given).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or RMModel
+        A mask diffusion model (Hugging Face models work as they are).
+    history_norm : HistoryNorm, optional
+        The trained HER LayerNorm.
+
+    Returns
+    -------
+    RMModel
+
+    Example
+    -------
+    >>> from rmkernels.models import TinyMDM
+    >>> rm = as_rm_model(TinyMDM(vocab_size=10, max_len=8))
+    >>> rm.supports_history                                    # it has input embeddings
+    True
+    """
     if isinstance(model, RMModel):
         if history_norm is not None:
             model.history_norm = history_norm

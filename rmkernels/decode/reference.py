@@ -1,20 +1,22 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2 and §3.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
+With a KV cache (docs/spec.md §8) the row's logits come from :class:`~rmkernels.decode.cache.RowCacheReference`:
+a full forward at every refresh, the span against the cache otherwise; positions outside the span
+have no statistics (they are not editable).
 """
 from __future__ import annotations
 
 import torch
 
+from rmkernels.decode.cache import RowCacheReference, refresh_due
 from rmkernels.decode.canvas import Canvas
-from rmkernels.decode.config import DecodeConfig
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig  # noqa: F401  (COUNTER_STRIDE re-exported)
 from rmkernels.decode.forward import decoder_hidden, decoder_logits
-from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.decode.model import RMModel
+from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.reference.rm_stats import rm_stats_reference
-
-COUNTER_STRIDE = 1 << 24  # RNG counter of (step, position) = step * 2**24 + position
 
 
 def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig, mask_id: int, seed: int):
@@ -45,22 +47,35 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
         return ids, torch.tensor([len(history)], device=x.device)
 
     def logits_now():  # [L, V] for the current canvas and history
-        if cfg.fused_head:  # the float32 logits of the LM head's input (SPEC §9), materialised
+        if cfg.fused_head:  # the float32 logits of the LM head's input (docs/spec.md §9), materialised
             h, w, bias, V = decoder_hidden(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")
             return linear_logits_reference(h[0], w, bias, V, cfg.suppress_tokens)
         return decoder_logits(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")[0]
 
+    cache = None
+    if cfg.cache != "none":  # docs/spec.md §8: the row's generated positions are one run [first, first + n_gen)
+        first = int(torch.arange(L)[gen.cpu()].min()) if bool(gen.any()) else 0
+        cache = RowCacheReference(rm, cfg, mask_id, first, int(gen.sum()), canvas.block_len)
+
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
+        if cfg.edit_scope == "block":  # only the active block
+            editable &= rank >= block * canvas.block_len
         rescues = 0
-        for _ in range(int(canvas.steps_per_block[b])):
-            logits = logits_now()
-            counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
-            top_id, top_p, mask_p, cur_p, best_id, best_p, status = rm_stats_reference(
-                logits, x, mask_id, temperature=cfg.temperature, seed=seed, offset=counters
-            )
-            if bool((status != 0).any()):
+        for j in range(int(canvas.steps_per_block[b])):
+            if cache is None:  # every position, from a full forward
+                positions, logits = torch.arange(L, device=x.device), logits_now()
+            else:  # the span (a refresh is a full forward that refills the cache)
+                positions, logits = cache.logits(x, attn, gen, history_now(), block, refresh_due(j, cfg))
+            counters = step * COUNTER_STRIDE + positions
+            stats = rm_stats_reference(logits, x[positions], mask_id, temperature=cfg.temperature, seed=seed,
+                                       offset=counters)
+            if bool((stats[6] != 0).any()):
                 raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+            # per position of the row (a cached span covers the active block, the only editable part)
+            assert set(torch.arange(L)[editable.cpu()].tolist()) <= set(positions.tolist())
+            top_id, top_p, mask_p, cur_p, best_id, best_p = (
+                torch.zeros(L, dtype=v.dtype, device=x.device).index_copy(0, positions, v) for v in stats[:6])
 
             # 1. reveal: masked editable positions whose candidate is not the mask
             candidates = []  # (probability, position, token)

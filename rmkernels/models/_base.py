@@ -20,6 +20,10 @@ every layer uses the *cached* keys/values outside ``[s, e)`` and the fresh ones 
 * "prefix" cache: refresh with a full forward at the start of a block (``cache_update=True``); each
   step forwards ``q_span=(block_start, L)`` (the block and everything after it).
 * "dual" cache: refresh likewise; each step forwards ``q_span=(block_start, block_end)``.
+* Rows whose spans start at different positions (prompts of different lengths): ``q_index=[B, n]``,
+  the per-row positions (a gather of the inputs and a scatter into the keys/values; with
+  ``cache_update=True`` in place, so no copy of the cache). The decoder's cache modes use it
+  (``rmkernels/decode/cache.py``, docs/spec.md §8).
 
 When the cache is as fresh as the canvas (made from the same tokens), a span forward equals the
 full forward's outputs on the span (up to float rounding); otherwise it is the cache approximation.
@@ -46,13 +50,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rmkernels._utils import atomic_write
 from rmkernels.models._layers import RMSNorm, apply_rope, attention, check_attn_impl, rope_cos_sin
 
 SINGLE_FILE = "model.safetensors"
@@ -142,14 +146,23 @@ class Arch:
 class _Ctx:
     """Per-forward state handed to every block: rotary tables, key mask, span and cache."""
 
-    def __init__(self, cos, sin, key_mask, span, total, cache, update, attn_impl):
+    def __init__(self, cos, sin, key_mask, span, total, cache, update, attn_impl, index=None):
         self.cos, self.sin, self.key_mask = cos, sin, key_mask
         self.span, self.total, self.cache, self.update, self.attn_impl = span, total, cache, update, attn_impl
+        self.index = index  # [B, n] per-row query positions (q_index), or None
 
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         cache = self.cache
         if cache is None:
             return k, v
+        if self.index is not None:  # per-row positions: the fresh rows scattered over the cached ones
+            ck, cv = cache.keys[layer], cache.values[layer]
+            idx = self.index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            if self.update:
+                ck.scatter_(2, idx, k)
+                cv.scatter_(2, idx, v)
+                return ck, cv
+            return ck.scatter(2, idx, k), cv.scatter(2, idx, v)
         s, e = self.span
         if (s, e) == (0, self.total):  # a full forward: store (or ignore) the cache
             if self.update:
@@ -225,19 +238,6 @@ class ConfigBase:
         v = getattr(obj, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
             raise ValueError(f"config field {name} must be a positive number, got {v!r}")
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def checkpoint_tensor_files(local_dir: str) -> dict[str, str]:
@@ -360,7 +360,7 @@ class NativeMDM(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, *, position_ids=None,
-                kv_cache: KVCache | None = None, cache_update: bool = False, q_span=None,
+                kv_cache: KVCache | None = None, cache_update: bool = False, q_span=None, q_index=None,
                 return_hidden: bool = False) -> MDMOutput:
         """Bidirectional forward, optionally over a span of positions against a KV cache.
 
@@ -381,6 +381,15 @@ class NativeMDM(nn.Module):
             writes the span).
         q_span : (int, int), optional
             Forward only positions ``[s, e)``; keys/values outside come from ``kv_cache``.
+        q_index : Tensor ``[B, n]`` int64, optional
+            Per-row query positions instead of one span (rows may start at different positions,
+            e.g. the active blocks of prompts of different lengths): row ``b`` forwards positions
+            ``q_index[b]``; keys/values at other positions come from ``kv_cache`` (which must be
+            filled). The inputs are ``[B, n]`` (or ``[B, L]``, gathered), ``position_ids`` default
+            to ``q_index``. A position may repeat within a row (padding to a common ``n``) only
+            with the same input, so its fresh keys/values are identical. With ``cache_update`` the
+            fresh keys/values are scattered into the cache in place (no copy of the cache);
+            without, into a copy. No host synchronisation (CUDA-graph capturable).
         return_hidden : bool
             Return ``.hidden`` (final-normed, the LM head's input) and ``.logits = None``.
 
@@ -408,6 +417,9 @@ class NativeMDM(nn.Module):
             if attention_mask.device != x.device:
                 raise ValueError(f"attention_mask is on {attention_mask.device}, the inputs on {x.device}")
         cached = kv_cache is not None and kv_cache.filled
+        if q_index is not None:
+            return self._forward_rows(x, inputs_embeds is not None, attention_mask, position_ids, kv_cache,
+                                      cache_update, q_span, q_index, return_hidden)
 
         # the total length L and the span [s, e)
         if attention_mask is not None:
@@ -455,14 +467,70 @@ class NativeMDM(nn.Module):
         cos, sin = rope_cos_sin(position_ids, a.head_dim, a.rope_theta)
         key_mask = None if attention_mask is None else attention_mask.bool()
         ctx = _Ctx(cos, sin, key_mask, (s, e), total, kv_cache, cache_update, self.attn_impl)
+        return self._run(x, inputs_embeds is not None, ctx, kv_cache, return_hidden)
 
-        h = emb(x) if inputs_embeds is None else x.to(emb.weight.dtype)
+    def _run(self, x, embeds: bool, ctx: _Ctx, kv_cache, return_hidden: bool) -> MDMOutput:
+        emb = self.get_input_embeddings()
+        h = x.to(emb.weight.dtype) if embeds else emb(x)
         for i, block in enumerate(self.blocks):
             h = block(h, ctx, i)
         h = self.final_norm(h)
         if return_hidden:
             return MDMOutput(None, h, kv_cache)
         return MDMOutput(self.logits_from_hidden(h), None, kv_cache)
+
+    def _forward_rows(self, x, embeds: bool, attention_mask, position_ids, kv_cache, cache_update, q_span, q_index,
+                      return_hidden) -> MDMOutput:
+        """``forward`` with per-row query positions ``q_index [B, n]`` against a filled cache."""
+        a = self.arch
+        B, n = x.shape[:2]
+        if q_span is not None:
+            raise ValueError("pass q_span (one span for the batch) or q_index (per-row positions), not both")
+        if not isinstance(q_index, torch.Tensor) or q_index.dim() != 2 or q_index.dtype != torch.int64 \
+                or q_index.shape[0] != B or q_index.shape[1] < 1:
+            what = getattr(q_index, "dtype", type(q_index).__name__)
+            raise ValueError(f"q_index must be an int64 tensor [B={B}, n >= 1], got {what} "
+                             f"{tuple(getattr(q_index, 'shape', ()))}")
+        if q_index.device != x.device:
+            raise ValueError(f"q_index is on {q_index.device}, the inputs on {x.device}")
+        total_ = kv_cache.length if kv_cache is not None and kv_cache.filled else None
+        if not q_index.is_cuda and total_ is not None and bool(((q_index < 0) | (q_index >= total_)).any()):
+            raise ValueError(f"q_index holds positions outside [0, {total_})")  # (checked on CPU: no sync there)
+        if kv_cache is None or not kv_cache.filled:
+            raise ValueError("q_index needs a filled kv_cache (a full forward with cache_update=True first)")
+        total = kv_cache.length if attention_mask is None else attention_mask.shape[1]
+        if kv_cache.length != total or kv_cache.batch_size != B or len(kv_cache.keys) != a.n_layers:
+            raise ValueError(f"kv_cache holds {len(kv_cache.keys)} layers of batch {kv_cache.batch_size} and length "
+                             f"{kv_cache.length}; this forward needs {a.n_layers} layers, batch {B}, length {total}")
+        if kv_cache.keys[0].dtype != self.get_input_embeddings().weight.dtype:
+            raise ValueError(f"kv_cache dtype {kv_cache.keys[0].dtype} differs from the model's "
+                             f"{self.get_input_embeddings().weight.dtype}")
+        nq = q_index.shape[1]
+        if n == total and nq != total:
+            x = x.gather(1, q_index) if not embeds else x.gather(1, q_index[:, :, None].expand(-1, -1, x.shape[2]))
+            if position_ids is not None and position_ids.shape[-1] == n:
+                position_ids = position_ids.expand(B, n).gather(1, q_index)
+        elif n != nq:
+            raise ValueError(f"the inputs have length {n}; expected L={total} or q_index's length {nq}")
+        if position_ids is None:
+            position_ids = q_index
+        elif position_ids.dim() == 1:
+            position_ids = position_ids[None]
+        if position_ids.dim() != 2 or position_ids.shape[-1] != nq or position_ids.shape[0] not in (1, B):
+            raise ValueError(f"position_ids must be [B, {nq}] or [{nq}], got {tuple(position_ids.shape)}")
+        cos, sin = rope_cos_sin(position_ids, a.head_dim, a.rope_theta)
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        ctx = _Ctx(cos, sin, key_mask, None, total, kv_cache, cache_update, self.attn_impl, index=q_index)
+        return self._run(x, embeds, ctx, kv_cache, return_hidden)
+
+    def allocate_kv_cache(self, batch_size: int, length: int, *, dtype=None, device=None) -> KVCache:
+        """:meth:`KVCache.allocate` for this model (lets callers below the models layer make one).
+
+        Example
+        -------
+        >>> cache = model.allocate_kv_cache(2, 128)  # doctest: +SKIP
+        """
+        return KVCache.allocate(self, batch_size, length, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -572,7 +640,7 @@ class NativeMDM(nn.Module):
         written = []
         index_path, single = os.path.join(save_dir, INDEX_FILE), os.path.join(save_dir, SINGLE_FILE)
         if max_shard_size is None:
-            _atomic_write(single, lambda tmp: save_file(state, tmp, metadata=meta))
+            atomic_write(single, lambda tmp: save_file(state, tmp, metadata=meta))
             written.append(single)
             stale = [index_path]
         else:
@@ -590,19 +658,19 @@ class NativeMDM(nn.Module):
             for i, shard in enumerate(shards):
                 fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
                 path = os.path.join(save_dir, fname)
-                _atomic_write(path, lambda tmp, shard=shard: save_file(shard, tmp, metadata=meta))
+                atomic_write(path, lambda tmp, shard=shard: save_file(shard, tmp, metadata=meta))
                 written.append(path)
                 weight_map.update({k: fname for k in shard})
             total = sum(v.numel() * v.element_size() for v in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _atomic_write(index_path, lambda tmp: _write_json(tmp, index))
+            atomic_write(index_path, lambda tmp: _write_json(tmp, index))
             written.append(index_path)
             stale = [single] + [os.path.join(save_dir, f) for f in os.listdir(save_dir)
                                 if re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f) and f not in set(weight_map.values())]
         cfg = self.config.to_dict()
         cfg["torch_dtype"] = str(self.dtype).replace("torch.", "")
         cfg_path = os.path.join(save_dir, CONFIG_FILE)
-        _atomic_write(cfg_path, lambda tmp: _write_json(tmp, cfg))
+        atomic_write(cfg_path, lambda tmp: _write_json(tmp, cfg))
         written.append(cfg_path)
         for path in stale:  # the other layout would shadow or confuse a later load
             if os.path.exists(path):

@@ -1,4 +1,4 @@
-"""Triton side of the counter-based RNG (must produce the bits of rmkernels.reference.rng, SPEC §7)."""
+"""Triton side of the counter-based RNG (must produce the bits of rmkernels.reference.rng, docs/spec.md §7)."""
 import triton
 import triton.language as tl
 

@@ -1,4 +1,4 @@
-"""Fused LM head + Reflective Masking statistics: the ``[N, V]`` logits are never written (SPEC §9).
+"""Fused LM head + Reflective Masking statistics: the ``[N, V]`` logits are never written (docs/spec.md §9).
 
 ``rm_linear_stats(hidden, lm_weight, tokens, mask_id)`` returns what
 ``rm_stats(hidden @ lm_weight.T, tokens, mask_id)`` returns, computing the logits tile by tile.
@@ -34,10 +34,10 @@ import triton
 import triton.language as tl
 
 from rmkernels import _utils
-from rmkernels._ext import extension_available, require_extension
+from rmkernels._ext import extension_available
 from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_index, check_same_device, check_tensor
 from rmkernels.ops._triton_rng import row_key
-from rmkernels.ops.rm_stats import RMStats, _score
+from rmkernels.ops.rm_stats import RMStats, candidate_score
 from rmkernels.reference.linear_stats import rm_linear_stats_reference
 from rmkernels.reference.rm_stats import STATUS_ALL_NEG_INF, STATUS_NAN, STATUS_TOKEN_RANGE
 from rmkernels.reference.rng import gumbel_noise, row_counters, seed_key
@@ -115,7 +115,7 @@ def _lstats_partial_kernel(
             z = tl.where(sup[None, :] != 0, NEG_INF, z)
         z = tl.where(col_ok[None, :], z, NEG_INF)
         # best candidate with the mask excluded: lowest id within the tile, strict > across tiles
-        score = tl.where(cols[None, :] == mask_id, NEG_INF, _score(z, cols[None, :], inv_temp, rkey, SAMPLE))
+        score = tl.where(cols[None, :] == mask_id, NEG_INF, candidate_score(z, cols[None, :], inv_temp, rkey, SAMPLE))
         if INTERPRET:  # its argmax (numpy's nanargmax) raises on an all-NaN row; such rows are flagged anyway
             score = tl.where(score != score, NEG_INF, score)
         t_bv, t_arg = tl.max(score, axis=1, return_indices=True, return_indices_tie_break_left=True)
@@ -212,7 +212,7 @@ def _lstats_reduce_kernel(
         rkey = row_key(seed_key.to(tl.uint32), tl.load(ctr_ptr + rows64, mask=row_ok, other=0))
     else:
         rkey = 0
-    s_mask = _score(z_mask, mcol, inv_temp, rkey, SAMPLE)
+    s_mask = candidate_score(z_mask, mcol, inv_temp, rkey, SAMPLE)
     mask_wins = (s_mask > bv) | ((s_mask == bv) & (mcol < bi))
     ti = tl.where(mask_wins, mcol, bi)
     z_top = tl.where(mask_wins, z_mask, z_best)
@@ -551,31 +551,20 @@ def _linear_stats_chunked(hidden, weight, bias, suppress_idx, tokens, counters, 
 # ----------------------------------------------------------------------------------------------
 # Public op
 # ----------------------------------------------------------------------------------------------
-_IMPLS = ("auto", "triton", "ext", "reference")
-
-
 def _resolve(impl: str, device: torch.device) -> str:
-    if impl == "cpp":  # the old name of "ext" (being renamed everywhere)
-        impl = "ext"
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {list(_IMPLS)}, got {impl!r}")
-    if impl == "auto":
-        if device.type == "cuda" or _utils.triton_interpret():
-            return "triton"
-        return "ext" if _chunk_op_available() else "torch"
-    if impl == "triton" and device.type != "cuda" and not _utils.triton_interpret():
-        raise ValueError(
-            "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before rmkernels kernels are "
-            f"imported to run in the CPU interpreter (got device {device})"
-        )
-    if impl == "ext":
-        if device.type != "cpu":
-            raise ValueError(f"impl='ext' runs on CPU tensors only, got device {device}")
-        require_extension(impl, device)
-        if not _chunk_op_available():
-            raise ValueError("impl='ext': this build of rmkernels._C predates rm_linear_stats' C++ pass; rebuild it "
-                             "with `python3 setup.py build_ext --inplace` or use impl='auto'")
-    return impl
+    """``impl`` by the implementation table (``rmkernels._utils.IMPL_TABLE``), with two refinements:
+    a build of ``rmkernels._C`` older than this op lacks the C++ chunk pass, and where ``"auto"``
+    finds no kernel it folds the chunks with torch code ("torch") rather than materialising the
+    logits as the reference does."""
+    resolved = _utils.resolve_impl("rm_linear_stats", impl, device)
+    if resolved == "ext" and not _chunk_op_available():
+        if impl == "auto":
+            return "torch"
+        raise ValueError("impl='ext': this build of rmkernels._C predates rm_linear_stats' C++ pass; rebuild it "
+                         "with `python3 setup.py build_ext --inplace` or use impl='auto'")
+    if resolved == "reference" and impl == "auto":
+        return "torch"
+    return resolved
 
 
 def _raise_on_status(status: torch.Tensor) -> None:
@@ -637,7 +626,7 @@ def rm_linear_stats(
     split: int | None = None,
     blocks: tuple[int, int, int] | None = None,
 ) -> RMStats:
-    """Reflective Masking statistics of an LM head's logits without writing them (SPEC §9).
+    """Reflective Masking statistics of an LM head's logits without writing them (docs/spec.md §9).
 
     Equals :func:`rmkernels.rm_stats` on ``z = (hidden @ lm_weight[:vocab_size].T +
     lm_bias[:vocab_size]) * logit_scale`` with the ``suppress_tokens`` columns at ``-inf``, where

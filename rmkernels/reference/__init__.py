@@ -1,4 +1,4 @@
-"""Eager PyTorch references: the executable specification of every op (SPEC.md).
+"""Eager PyTorch references: the executable specification of every op (docs/spec.md).
 
 Each kernel in :mod:`rmkernels.ops` is tested against the function of the same name here, and
 ``impl="reference"`` runs these directly (they are also the CPU fallback).

@@ -1,4 +1,4 @@
-"""Reference for the fused LM head + Reflective Masking statistics (SPEC §9).
+"""Reference for the fused LM head + Reflective Masking statistics (docs/spec.md §9).
 
 The logits are materialised in float32 from the (possibly half-precision) inputs, exactly as the
 fused kernels define them: products of the stored values, accumulated in float32, never rounded

@@ -1,4 +1,4 @@
-"""The counter-based RNG shared by the Triton kernels, the C++ kernel and the eager references (SPEC §7).
+"""The counter-based RNG shared by the Triton kernels, the C++ kernel and the eager references (docs/spec.md §7).
 
 Noise for element (row, col) is a pure function of ``(seed, counter[row], col)``: nothing is
 materialised in the kernels, and the reference reproduces the same bits with int64 arithmetic.

@@ -75,7 +75,25 @@ def _backtrack_grid(rng: np.random.Generator) -> np.ndarray:
 
 
 def seed_grids(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random complete grids ``[n, 81]`` int64 (values 0..8) from backtracking."""
+    """Random complete grids from randomised backtracking.
+
+    Parameters
+    ----------
+    n : int
+        Number of grids.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, values 0..8 (row-major cells).
+
+    Example
+    -------
+    >>> g = seed_grids(2, np.random.default_rng(0))
+    >>> bool(is_valid(g).all())
+    True
+    """
     return np.stack([_backtrack_grid(rng) for _ in range(n)]) if n else np.zeros((0, CELLS), np.int64)
 
 
@@ -87,7 +105,26 @@ def _line_perm(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def transform_grids(grids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Apply a random validity-preserving transform to each grid ``[n, 81]`` (values 0..8)."""
+    """Apply a random validity-preserving transform to each grid (digit relabelling, band / stack
+    and line permutations within bands, transposition).
+
+    Parameters
+    ----------
+    grids : ndarray ``[n, 81]``
+        Valid grids, values 0..8.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, valid grids.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> bool(is_valid(transform_grids(seed_grids(3, rng), rng)).all())
+    True
+    """
     n = grids.shape[0]
     g = grids.reshape(n, 9, 9)
     g = np.where(rng.random(n)[:, None, None] < 0.5, g.transpose(0, 2, 1), g)
@@ -99,12 +136,54 @@ def transform_grids(grids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_grids(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` grids: random seed grids of ``pool`` under random transforms."""
+    """Grids drawn from a pool of seed grids under random transforms.
+
+    Parameters
+    ----------
+    pool : ndarray ``[P, 81]``
+        Seed grids (:func:`seed_grids`).
+    n : int
+        Number of grids.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> sample_grids(seed_grids(4, rng), 10, rng).shape
+    (10, 81)
+    """
     return transform_grids(pool[rng.integers(len(pool), size=n)], rng)
 
 
 def corrupt(solutions: np.ndarray, rng: np.random.Generator, count=(4, 20)) -> np.ndarray:
-    """Change ``k ~ U{count[0]..count[1]}`` distinct cells of each grid to a different digit."""
+    """Change ``k ~ U{count[0]..count[1]}`` distinct cells of each grid to a different digit.
+
+    Parameters
+    ----------
+    solutions : ndarray ``[n, 81]``
+        Valid grids, values 0..8.
+    rng : numpy.random.Generator
+    count : (int, int)
+        Inclusive range of the number of changed cells.
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, the corrupted boards (no cell masked).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> s = seed_grids(5, rng)
+    >>> changed = (corrupt(s, rng) != s).sum(1)
+    >>> bool(((changed >= 4) & (changed <= 20)).all())
+    True
+    """
     lo, hi = int(count[0]), int(count[1])
     if not 0 <= lo <= hi <= CELLS:
         raise ValueError(f"count must satisfy 0 <= lo <= hi <= 81, got {count}")
@@ -127,6 +206,22 @@ def conflict_cells(boards) -> torch.Tensor:
     """``[N, 81]`` bool: filled cells whose digit appears again in their row, column or box.
 
     ``boards`` holds ids 0..8 (digits) or ``MASK_ID``; masked cells are never conflicts.
+
+    Parameters
+    ----------
+    boards : array-like ``[N, 81]`` or ``[81]``
+
+    Returns
+    -------
+    Tensor
+        ``[N, 81]`` bool.
+
+    Example
+    -------
+    >>> b = seed_grids(1, np.random.default_rng(0)).copy()
+    >>> b[0, 1] = b[0, 0]                                      # a repeated digit in row 0
+    >>> int(conflict_cells(b).sum()) >= 2
+    True
     """
     b = _as_tensor(boards)  # [N, 81]
     onehot = torch.nn.functional.one_hot(b, VOCAB_SIZE)[..., :DIGITS]  # [N, 81, 9]
@@ -138,7 +233,23 @@ def conflict_cells(boards) -> torch.Tensor:
 
 
 def is_valid(boards) -> torch.Tensor:
-    """``[N]`` bool: complete (no mask, all ids in 0..8) and no row/column/box repeats a digit."""
+    """Whether each board is a valid complete grid.
+
+    Parameters
+    ----------
+    boards : array-like ``[N, 81]`` or ``[81]``
+        Ids 0..8 or ``MASK_ID``.
+
+    Returns
+    -------
+    Tensor
+        ``[N]`` bool: complete (no mask, all ids in 0..8) and no row / column / box repeats a digit.
+
+    Example
+    -------
+    >>> is_valid(seed_grids(2, np.random.default_rng(0))).tolist()
+    [True, True]
+    """
     b = _as_tensor(boards)
     return ((b >= 0) & (b < DIGITS)).all(1) & ~conflict_cells(b.clamp(0, MASK_ID)).any(1)
 

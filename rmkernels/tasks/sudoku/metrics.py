@@ -1,4 +1,4 @@
-"""Sudoku revision metrics (SPEC §5) and their markdown table.
+"""Sudoku revision metrics (docs/spec.md §5) and their markdown table.
 
 * exact %: the final board equals the solution;
 * valid %: the final board is complete and breaks no row/column/box rule;
@@ -34,7 +34,7 @@ COLUMNS = (
 )
 
 
-def _hide_correct(traj: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
+def hide_correct(traj: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
     """``traj [T + 1, N, 81]`` with each correct digit replaced by an id unique to its step
     (``MASK_ID + 1 + t``), so replays of correct digits no longer match and only wrong ones count."""
     steps = torch.arange(traj.shape[0], device=traj.device)[:, None, None]
@@ -79,14 +79,14 @@ def board_metrics(final, solution, steps=None, trajectory=None, inputs=None) -> 
         traj = torch.as_tensor(trajectory).long()
         stats = replay_statistics(traj, MASK_ID)
         out["replay_pct"] = 100.0 * stats.replay_rate
-        out["wrong_replay_pct"] = 100.0 * replay_statistics(_hide_correct(traj, solution), MASK_ID).replay_rate
+        out["wrong_replay_pct"] = 100.0 * replay_statistics(hide_correct(traj, solution), MASK_ID).replay_rate
         out["reveals_per_board"] = float(stats.reveals.sum()) / n
         out["remasks_per_board"] = float(stats.remasks.sum()) / n
     return out
 
 
 def markdown_table(rows: dict) -> str:
-    """``{name: metrics}`` -> a markdown table with the SPEC §5 columns plus mean steps."""
+    """``{name: metrics}`` -> a markdown table with the docs/spec.md §5 columns plus mean steps."""
     lines = ["| variant | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for name, m in rows.items():
@@ -95,7 +95,7 @@ def markdown_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-# the published ablation ordering (SPEC §5, issue 6): RM < RM + history <= full, on exact %
+# the published ablation ordering (docs/spec.md §5, issue 6): RM < RM + history <= full, on exact %
 ORDERING = (("rm", "rm_hist", "<"), ("rm_hist", "full", "<="))
 
 
