@@ -1,4 +1,4 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of SPEC §2, §3 and §10.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
@@ -11,6 +11,7 @@ from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.forward import decoder_logits
 from rmkernels.decode.model import RMModel
+from rmkernels.decode.schedule import reveal_count
 from rmkernels.reference.rm_stats import rm_stats_reference
 
 COUNTER_STRIDE = 1 << 24  # RNG counter of (step, position) = step * 2**24 + position
@@ -34,6 +35,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
     threshold = torch.tensor(cfg.reveal_threshold, dtype=torch.float32)  # compared in float32, as the fast path
     remask_threshold = torch.tensor(cfg.remask_threshold, dtype=torch.float32)
     rescue_ratio = None if cfg.rescue_ratio is None else torch.tensor(cfg.rescue_ratio, dtype=torch.float32)
+    phase1_threshold = None if cfg.phase1_threshold is None else torch.tensor(cfg.phase1_threshold, dtype=torch.float32)
 
     def logits_now():  # [L, V] for the current canvas and history
         hist = None
@@ -44,17 +46,44 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
             hist = (ids, torch.tensor([len(history)], device=x.device))
         return decoder_logits(rm, x[None], attn, gen[None], hist, cfg, mask_id, kernels="reference")[0]
 
+    def stats_now():
+        logits = logits_now()
+        counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
+        out = rm_stats_reference(logits, x, mask_id, temperature=cfg.temperature, seed=seed, offset=counters)
+        if bool((out[-1] != 0).any()):
+            raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+        return out
+
+    # 0. two-phase editing, phase 1 (SPEC §10): re-mask the visible generated tokens the model
+    # doubts strongly (p(mask) > threshold and p(mask) > p(token)); nothing is revealed
+    if phase1_threshold is not None and int(canvas.n_blocks[b]) > 0:
+        for _ in range(cfg.phase1_steps):
+            _, _, mask_p, cur_p, _, _, _ = stats_now()
+            remasked = []
+            for i in range(L):
+                capped = cfg.max_remask >= 0 and remask_count[i] >= cfg.max_remask
+                if gen[i] and x[i] != mask_id and not capped:
+                    if mask_p[i] > phase1_threshold and mask_p[i] > cur_p[i]:
+                        remasked.append(i)
+            new_x = x.clone()
+            for i in remasked:
+                new_x[i] = mask_id
+                remask_count[i] += 1
+            step += 1
+            if remasked and H > 0:
+                history = [x.clone()] + history[: H - 1]
+            x = new_x
+            trajectory.append(x.clone())
+            if not remasked:  # nothing left to re-mask: phase 2 starts
+                break
+
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
         rescues = 0
-        for _ in range(int(canvas.steps_per_block[b])):
-            logits = logits_now()
-            counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
-            top_id, top_p, mask_p, cur_p, best_id, best_p, status = rm_stats_reference(
-                logits, x, mask_id, temperature=cfg.temperature, seed=seed, offset=counters
-            )
-            if bool((status != 0).any()):
-                raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+        n_start = int((editable & (x == mask_id)).sum())  # masked when the block starts (schedule's n)
+        T = cfg.schedule_steps or int(canvas.steps_per_block[b])
+        for s in range(int(canvas.steps_per_block[b])):
+            top_id, top_p, mask_p, cur_p, best_id, best_p, status = stats_now()
 
             # 1. reveal: masked editable positions whose candidate is not the mask
             candidates = []  # (probability, position, token)
@@ -65,7 +94,10 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
                     elif top_id[i] != mask_id:  # argmax is the mask: abstain this step
                         candidates.append((top_p[i], i, top_id[i]))
             ranked = sorted(candidates, key=lambda c: (-float(c[0]), c[1]))  # ties: lowest position
-            if cfg.reveal == "topk":
+            if cfg.schedule is not None:  # k from the schedule: the masked positions above its target
+                masked_now = int((editable & (x == mask_id)).sum())
+                revealed = ranked[: int(reveal_count(masked_now, n_start, s, T, cfg.schedule))]
+            elif cfg.reveal == "topk":
                 revealed = ranked[: cfg.reveal_per_step]
             elif cfg.reveal == "threshold":
                 revealed = [c for c in ranked if c[0] >= threshold] or ranked[:1]
