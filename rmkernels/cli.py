@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         from rmkernels.tasks.sudoku.cli import add_sudoku_parser
 
         add_sudoku_parser(sub)
+    if importlib.util.find_spec("rmkernels.tasks.image") is not None:
+        from rmkernels.tasks.image.cli import add_image_parser
+
+        add_image_parser(sub)
     return parser
 
 
