@@ -63,7 +63,8 @@ def _cmd_eval(args) -> int:
             comps += comparisons(args.task, name, per)
     main = systems[0]
     per_1000 = results[main]["seconds"] * 1000.0 / len(inst)
-    goal_lines = goals(args.task, main, results, [c for c in comps if c["system"] == main], per_1000)
+    cpu_1000 = results[main]["cpu_seconds"] * 1000.0 / len(inst)
+    goal_lines = goals(args.task, main, results, [c for c in comps if c["system"] == main], per_1000, cpu_1000)
     table = markdown(args.task, results, comps, goal_lines)
     src = args.inputs or f"{len(inst)} {args.task} instances generated from the {args.split} split"
     head = (f"{args.task}: {src} ({wall:.1f} s, {torch.get_num_threads()} threads, "
@@ -72,7 +73,7 @@ def _cmd_eval(args) -> int:
     if args.json:
         doc = {"task": args.task, "inputs": src, "n": len(inst), "variant": args.variant, "systems": systems,
                "date": datetime.date.today().isoformat(), "threads": torch.get_num_threads(), "wall_s": round(wall, 2),
-               "seconds_per_1000": round(per_1000, 2), "results": results, "comparisons": comps,
+               "seconds_per_1000": round(per_1000, 2), "cpu_seconds_per_1000": round(cpu_1000, 2), "results": results, "comparisons": comps,
                "goals": [{"goal": g, "measured": v, "verdict": ok} for g, v, ok in goal_lines], "table": table}
         write_lines(args.json, [json.dumps(doc, indent=2)])
         if args.json.endswith(".json"):

@@ -67,28 +67,28 @@ class PretrainConfig:
 
 @dataclass
 class PostTrainConfig:
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
-    keep_weight: float = 4.0
+    keep_weight: float = 1.5
     corrupt_min: int = 1
     corrupt_max: int = 16
     wrong_fraction: float = 0.8
     topk: int = 6
     uniform_frac: float = 0.5  # repair rows with uniform (not base top-k) wrong levels
-    edit_frac: float = 0.3  # rows that are edit pairs
+    edit_frac: float = 0.35  # rows that are edit pairs
     edit_delta: int = 4
     cond_drop: float = 0.5
     shift_prob: float = 0.5
     frames: int = 6
     seed: int = 0
     her_gain: str = "0"
-    eval_every: int = 500
-    ckpt_every: int = 250
+    eval_every: int = 400
+    ckpt_every: int = 200
     kernels: str = "auto"  # impl of the loss and history_embed ops, and of the eval decoding
     val_repair: int = 256
     val_edit: int = 128
