@@ -255,10 +255,11 @@ def _trainer(model, norm, data, cfg, out_dir: str, H: int, settings: dict, keep_
 
 def _logger(out_dir: str, log, t0: float, every: int):
     path = os.path.join(out_dir, "metrics.jsonl")
+    c0 = time.process_time()
 
     def write(trainer, extra: dict) -> dict:
         recent = trainer.log[-every:]
-        row = {"step": trainer.step, "wall_s": round(time.time() - t0, 1)}
+        row = {"step": trainer.step, "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
         row.update({k: round(sum(r[k] for r in recent) / len(recent), 4) for k in ("loss", "reveal", "mask", "keep")})
         row.update(extra)
         log(json.dumps(row))
@@ -281,9 +282,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print) -> str:
     t0 = time.time()
     write = _logger(out_dir, log, t0, cfg.eval_every)
     trainer = _trainer(model, None, data, cfg, out_dir, 0, {}, 1.0, lambda tr: write(tr, fill_accuracy(tr.model)))
+    c0 = time.process_time()
     trainer.fit(resume=True)
     meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv), "steps": trainer.step,
-            "wall_s": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters())}
+            "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+            "params": sum(p.numel() for p in model.parameters())}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta)
 
 
@@ -340,11 +343,13 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     hook = lambda tr: write(tr, val_stats(tr.model, tr.history_norm, settings, cfg.val_repair, cfg.val_edit,  # noqa: E731
                                           cfg.kernels))
     trainer = _trainer(model, norm, data, cfg, out_dir, H, settings, cfg.keep_weight, hook)
+    c0 = time.process_time()
     trainer.fit(resume=True)
     meta = {"kind": "rm_variant", "variant": variant, "decode": settings, "config": asdict(cfg),
             "synth": synth.to_dict(), "base": {"path": base_path, "config": base_meta.get("config"),
                                                "wall_s": base_meta.get("wall_s")},
-            "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1), "steps": trainer.step}
+            "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1), "steps": trainer.step}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
 
 
