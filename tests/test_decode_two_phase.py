@@ -206,3 +206,19 @@ def test_two_phase_batch_invariance(case):
                          kernels=K)
         assert torch.equal(batch.sequences[b], alone.sequences[0]), b
         assert batch.steps[b] == alone.steps[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", [0, 6])
+def test_cuda_two_phase_fast_equals_reference_and_graph_replay(case):
+    """On a GPU: the fast path (own kernels) equals the reference, and a CUDA-graph replay of the
+    step (phase flags and schedule state on the device) equals both."""
+    model, norm = tiny_model(11).cuda(), random_norm(32, 11).cuda()
+    cfg = DecodeConfig(**TWO_PHASE[case], **HISTORY[2], record_trajectory=True)
+    canvas, fixed = edit_canvas(11)
+    canvas, fixed = canvas.cuda(), fixed.cuda()
+    ref = generate(model, canvas, cfg, mask_id=M, prompt_mask=fixed, history_norm=norm, impl="reference")
+    fast = generate(model, canvas, cfg, mask_id=M, prompt_mask=fixed, history_norm=norm)
+    graphed = generate(model, canvas, cfg, mask_id=M, prompt_mask=fixed, history_norm=norm, cuda_graph=True)
+    assert_same_decode(ref, fast)
+    assert_same_decode(fast, graphed)
