@@ -162,11 +162,21 @@ def test_tiny_train_is_resumable_and_logs(tiny_run):
     model, norm, meta = load_checkpoint(full)
     assert meta["variant"] == "full" and meta["decode"]["history_rotate"] and norm is not None
     assert meta["model_config"]["image"] == 8
-    # resume: the same settings reload the last trainer checkpoint and end with the same weights
-    again = posttrain("full", base, str(out / "full"), cfg, log=lambda s: None)
-    m2, _, _ = load_checkpoint(again)
-    for a, b in zip(model.state_dict().values(), m2.state_dict().values()):
+    # a finished run is not trained again
+    assert posttrain("full", base, str(out / "full"), cfg, log=lambda s: None) == full
+    # resume: without the final files and the last trainer checkpoint, the run restarts from step 3
+    # and ends with the same weights as the uninterrupted run
+    import shutil
+
+    copy = out / "full_resumed"
+    shutil.copytree(out / "full", copy)
+    for name in ("model.safetensors", "model.json", "ckpt/step_00000006.pt"):
+        (copy / name).unlink()
+    again = posttrain("full", base, str(copy), cfg, log=lambda s: None)
+    m2, n2, meta2 = load_checkpoint(again)
+    for a, b in zip(list(model.state_dict().values()) + [norm.weight], list(m2.state_dict().values()) + [n2.weight]):
         assert torch.equal(a, b)
+    assert meta2["steps"] == 6
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="other settings"):

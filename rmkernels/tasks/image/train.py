@@ -253,13 +253,36 @@ def _trainer(model, norm, data, cfg, out_dir: str, H: int, settings: dict, keep_
     return Trainer(model, norm, data, tcfg, eval_fn=eval_fn)
 
 
+def _finished(out_dir: str, steps: int) -> str | None:
+    """The run's model file if the run already finished (its metadata says ``steps`` steps)."""
+    path = os.path.join(out_dir, "model.safetensors")
+    meta = os.path.join(out_dir, "model.json")
+    if os.path.exists(path) and os.path.exists(meta):
+        with open(meta) as f:
+            if json.load(f).get("steps") == steps:
+                return path
+    return None
+
+
+def _time_so_far(out_dir: str) -> tuple[float, float]:
+    """``(wall_s, cpu_s)`` logged by earlier sessions of a resumed run (its last metrics row)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0.0, 0.0
+    with open(path) as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    return (float(rows[-1].get("wall_s", 0.0)), float(rows[-1].get("cpu_s", 0.0))) if rows else (0.0, 0.0)
+
+
 def _logger(out_dir: str, log, t0: float, every: int):
     path = os.path.join(out_dir, "metrics.jsonl")
     c0 = time.process_time()
+    wall0, cpu0 = _time_so_far(out_dir)
 
     def write(trainer, extra: dict) -> dict:
         recent = trainer.log[-every:]
-        row = {"step": trainer.step, "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+        row = {"step": trainer.step, "wall_s": round(wall0 + time.time() - t0, 1),
+               "cpu_s": round(cpu0 + time.process_time() - c0, 1)}
         row.update({k: round(sum(r[k] for r in recent) / len(recent), 4) for k in ("loss", "reveal", "mask", "keep")})
         row.update(extra)
         log(json.dumps(row))
@@ -274,18 +297,22 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print) -> str:
     """Pretrain the base MDM; writes ``out_dir/model.safetensors`` (+ .json), trainer checkpoints in
     ``out_dir/ckpt`` (resumed from) and ``metrics.jsonl``; returns the model path."""
     claim_run_dir(out_dir, {"variant": "base", "base": None, "config": asdict(cfg)})
+    done = _finished(out_dir, cfg.steps)
+    if done:
+        log(f"{out_dir}: finished earlier ({cfg.steps} steps)")
+        return done
     torch.manual_seed(cfg.seed)
     model = TinyMDM(TinyMDMConfig(vocab_size=VOCAB_SIZE, max_len=SEQ_LEN, dim=cfg.dim, depth=cfg.depth,
                                   heads=cfg.heads, image=8))
     images, labels, _ = load_split("train")
     data = ImageMDMData(images, labels, cfg.seed, cfg.cond_drop, cfg.shift_prob)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
+    wall0, cpu0 = _time_so_far(out_dir)
     write = _logger(out_dir, log, t0, cfg.eval_every)
     trainer = _trainer(model, None, data, cfg, out_dir, 0, {}, 1.0, lambda tr: write(tr, fill_accuracy(tr.model)))
-    c0 = time.process_time()
     trainer.fit(resume=True)
     meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv), "steps": trainer.step,
-            "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+            "wall_s": round(wall0 + time.time() - t0, 1), "cpu_s": round(cpu0 + time.process_time() - c0, 1),
             "params": sum(p.numel() for p in model.parameters())}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta)
 
@@ -331,6 +358,10 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         with torch.no_grad():
             norm.weight.fill_(her_gain(cfg.her_gain, model))
     claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
+    done = _finished(out_dir, cfg.steps)
+    if done:
+        log(f"{out_dir}: finished earlier ({cfg.steps} steps)")
+        return done
     synth = SynthConfig(corruption_rate=None, corruption_count=(cfg.corrupt_min, cfg.corrupt_max),
                         wrong_fraction=cfg.wrong_fraction, topk=cfg.topk, frames=cfg.frames,
                         history_steps=HISTORY_STEPS, wrong_ids=tuple(range(LEVELS)))
@@ -338,18 +369,18 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     data = ImageRMData(images, labels, synth, base_model=base, seed=cfg.seed, cond_drop=cfg.cond_drop,
                        shift_prob=cfg.shift_prob, uniform_frac=cfg.uniform_frac, edit_frac=cfg.edit_frac,
                        edit_delta=cfg.edit_delta)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
+    wall0, cpu0 = _time_so_far(out_dir)
     write = _logger(out_dir, log, t0, cfg.eval_every)
     hook = lambda tr: write(tr, val_stats(tr.model, tr.history_norm, settings, cfg.val_repair, cfg.val_edit,  # noqa: E731
                                           cfg.kernels))
     trainer = _trainer(model, norm, data, cfg, out_dir, H, settings, cfg.keep_weight, hook)
-    c0 = time.process_time()
     trainer.fit(resume=True)
     meta = {"kind": "rm_variant", "variant": variant, "decode": settings, "config": asdict(cfg),
             "synth": synth.to_dict(), "base": {"path": base_path, "config": base_meta.get("config"),
                                                "wall_s": base_meta.get("wall_s")},
-            "command": " ".join(sys.argv), "wall_s": round(time.time() - t0, 1),
-            "cpu_s": round(time.process_time() - c0, 1), "steps": trainer.step}
+            "command": " ".join(sys.argv), "wall_s": round(wall0 + time.time() - t0, 1),
+            "cpu_s": round(cpu0 + time.process_time() - c0, 1), "steps": trainer.step}
     return save_checkpoint(os.path.join(out_dir, "model.safetensors"), model, meta, history_norm=norm)
 
 
