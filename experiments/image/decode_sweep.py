@@ -32,6 +32,12 @@ GRID = [
     ("inpaint", "full", {}),
     ("inpaint", "full", {"schedule": None, "reveal": "all"}),
     ("inpaint", "base", {}),
+    ("repair", "full", {"rescue_ratio": 0.5, "max_rescues": 2}),
+    ("repair", "full", {"rescue_ratio": 0.3, "max_rescues": 2}),
+    ("repair", "full", {"rescue_ratio": 0.2, "max_rescues": 2}),
+    ("edit", "full", {"phase1_threshold": 0.7, "rescue_ratio": 0.5}),
+    ("repair", "base_regen", {}),
+    ("edit", "base_regen", {}),
 ]
 KEYS = {"repair": ("mae_after", "mae_reduction_pct", "preservation_pct", "recall_pct", "precision_pct", "classifier_pct"),
         "edit": ("target_pct", "changed_per_image"), "inpaint": ("classifier_pct", "mae_region", "changed_outside")}

@@ -67,7 +67,7 @@ class PretrainConfig:
 
 @dataclass
 class PostTrainConfig:
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -78,8 +78,8 @@ class PostTrainConfig:
     corrupt_min: int = 1
     corrupt_max: int = 16
     wrong_fraction: float = 0.8
-    topk: int = 6
-    uniform_frac: float = 0.5  # repair rows with uniform (not base top-k) wrong levels
+    topk: int = 8
+    uniform_frac: float = 0.75  # repair rows with uniform (not base top-k) wrong levels
     edit_frac: float = 0.35  # rows that are edit pairs
     edit_delta: int = 4
     cond_drop: float = 0.5
@@ -87,7 +87,7 @@ class PostTrainConfig:
     frames: int = 6
     seed: int = 0
     her_gain: str = "0"
-    eval_every: int = 400
+    eval_every: int = 600
     ckpt_every: int = 200
     kernels: str = "auto"  # impl of the loss and history_embed ops, and of the eval decoding
     val_repair: int = 256
