@@ -112,9 +112,9 @@ def _cmd_demo(args) -> int:
         result_label += f", {int((y != src).sum())} px off"
     title = f"{args.task} #{args.index} - {TITLES.get(args.variant, args.variant)}"
     if one.label[0] >= 0:
-        title += f" - expected class {int(one.label[0])}"
+        title += f" - {'target' if args.task == 'edit' else 'true'} class {int(one.label[0])}"
     img = render_demo(src, x, y, pixels, title=title, input_label=input_label, result_label=result_label,
-                      corrupted=corrupted, scale=args.scale)
+                      corrupted=corrupted, scale=args.scale, source_label=f"source, reads as {int(classify(src[None])[0])}")
     img.save(args.out)
     print(f"{title}: {m['mean_steps']:.0f} steps, result classified as {got}; "
           f"{int((y != x).sum())} pixels changed; wrote {args.out} ({img.width}x{img.height})")

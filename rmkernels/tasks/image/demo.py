@@ -54,7 +54,7 @@ def distinct_frames(trajectory):
 
 
 def render_demo(source, inputs, final, trajectory, *, title: str, input_label: str, result_label: str,
-                corrupted=None, scale: int = 16):
+                corrupted=None, scale: int = 16, source_label: str = "source"):
     """The demo picture (a PIL image); ``trajectory [T + 1, 64]`` pixel canvases (entry 0 = input)."""
     from PIL import Image, ImageDraw
 
@@ -62,7 +62,7 @@ def render_demo(source, inputs, final, trajectory, *, title: str, input_label: s
     src, x, y = (np.asarray(a) for a in (source, inputs, final))
     remasked_any = ((traj[1:] == MASK_ID) & (traj[:-1] != MASK_ID)).any(0) if len(traj) > 1 else np.zeros(64, bool)
     top = [
-        ("source", draw_digit(src, scale)),
+        (source_label, draw_digit(src, scale)),
         (input_label, draw_digit(x, scale, outline={RED: corrupted} if corrupted is not None else None)),
         (f"re-masked: {int(remasked_any.sum())} px", draw_digit(x, scale, fill={ORANGE: remasked_any})),
         (result_label, draw_digit(y, scale, outline={GREEN: (y != x) & (x != MASK_ID)})),
@@ -76,7 +76,7 @@ def render_demo(source, inputs, final, trajectory, *, title: str, input_label: s
         prev = traj[t - 1] if t else traj[0]
         rem = (traj[t] == MASK_ID) & (prev != MASK_ID)
         rev = (traj[t] != MASK_ID) & (prev == MASK_ID)
-        label = "start" if t == 0 else f"step {t}: -{int(rem.sum())} +{int(rev.sum())}"
+        label = "start" if t == 0 else f"step {t}: -{int(rem.sum())} / +{int(rev.sum())}"
         bottom.append((label, draw_digit(traj[t], fs, outline={ORANGE: rem, GREEN: rev})))
     font, small = _font(14), _font(11)
     pad, text_h, title_h = 10, 18, 26
@@ -95,7 +95,8 @@ def render_demo(source, inputs, final, trajectory, *, title: str, input_label: s
         d.text((xo, yo + im.height + 2), label, fill=(0, 0, 0), font=small)
         xo += im.width + pad
     yo += h_top + pad
-    d.text((pad, yo), "trajectory (blue: masked; outlined orange: re-masked, green: revealed this step)",
+    d.text((pad, yo), "trajectory, frames that changed (blue: masked; -n orange: re-masked, +n green: revealed "
+                      "at that step)",
            fill=(60, 60, 60), font=small)
     yo += 18
     xo = pad
