@@ -3,7 +3,10 @@
     PYTHONPATH=$PWD python experiments/image/decode_sweep.py --variant MODEL.safetensors \
         --base BASE.safetensors --n 360 --out results/image/decode_sweep_val.json
 
-Each row: a task, a system and DecodeConfig overrides; prints the task's headline metrics.
+Each row: a task, a system and DecodeConfig overrides; prints the task's headline metrics. Rows of
+the RM model without a ``phase1_threshold`` decode as the defaults were before this sweep chose
+them (``SWEEP_BASE``: repair without phase 1, edit with ``phase1_threshold=0.9``), so a rerun gives
+the same rows as results/image/decode_sweep_val.json.
 
 Selection rules (fixed before running them on the shipped full model; the evaluation defaults in
 rmkernels/tasks/image/evaluate.py follow them):
@@ -53,6 +56,7 @@ GRID = [
     ("repair", "full", {"phase1_threshold": 0.8, "reveal": "topk", "schedule": "cosine", "steps": 8}),
     ("repair", "full", {"phase1_threshold": 0.7, "reveal": "topk", "schedule": "cosine", "steps": 8}),
 ]
+SWEEP_BASE = {"repair": {"phase1_threshold": None}, "edit": {"phase1_threshold": 0.9}, "inpaint": {}}
 KEYS = {"repair": ("mae_after", "mae_reduction_pct", "preservation_pct", "recall_pct", "precision_pct", "classifier_pct",
                    "classifier_clean_pct"),
         "edit": ("target_pct", "changed_per_image"), "inpaint": ("classifier_pct", "mae_region", "changed_outside")}
@@ -73,10 +77,12 @@ def main():
     out = []
     for r in rows:
         task, system, over = GRID[r]
+        over = dict(over)
+        fixed = {k: v for k, v in SWEEP_BASE[task].items() if k not in over} if system == "full" else {}
         inst = make_instances(task, "val", a.n)
         steps = over.pop("steps", None) if "steps" in over else None
         t0 = time.time()
-        m, _, _, _ = evaluate_system(task, system, inst, models, steps=steps, **over)
+        m, _, _, _ = evaluate_system(task, system, inst, models, steps=steps, **over, **fixed)
         if steps is not None:
             over["steps"] = steps
         row = {"row": r, "task": task, "system": system, "overrides": over,

@@ -12,9 +12,10 @@ Systems (``--variant``):
 
 Per task (the condition slot is always fixed):
 
-* repair: every pixel editable; the RM loop with every confident candidate revealed at once;
+* repair: every pixel editable; two-phase decode (SPEC §10): phase 1 re-masks pixels with
+  ``p(mask) > 0.7``, then the RM loop with every confident candidate revealed at once;
 * edit: every pixel editable, the target class in the slot; two-phase decode (SPEC §10): phase 1
-  re-masks pixels with ``p(mask) > 0.9`` under the target class, phase 2 unmasks on a cosine
+  re-masks pixels with ``p(mask) > 0.3`` under the target class, phase 2 unmasks on a cosine
   schedule with the RM rule;
 * inpaint: only the masked region editable (nothing outside can change); cosine schedule, RM rule.
 
@@ -43,9 +44,10 @@ TITLES = {
     "base_regen": "base MDM, regenerate from scratch",
 }
 ASSETS = str(files("rmkernels.tasks.image") / "assets")
-# decoding defaults (chosen on the val split, docs/image.md)
+# decoding defaults, chosen on the val split by the rules of experiments/image/decode_sweep.py
+# (results/image/decode_sweep_val.json, docs/image.md)
 STEPS = {"repair": 12, "edit": 16, "inpaint": 12, "regen": 16}
-PHASE1_THRESHOLD = 0.9
+PHASE1_THRESHOLD = {"repair": 0.7, "edit": 0.3}
 PHASE1_STEPS = 8
 REMASK_THRESHOLD = 0.4
 
@@ -78,16 +80,16 @@ def decode_config(task: str, system: str, meta: dict, steps: int | None = None, 
         kw.update(steps=steps or STEPS["regen"], schedule="cosine",
                   sampler="rm" if system == "regen" else "low_confidence")
     elif task == "repair":
-        kw.update(steps=steps or STEPS["repair"], reveal="all")
+        kw.update(steps=steps or STEPS["repair"], reveal="all", phase1_threshold=PHASE1_THRESHOLD["repair"])
     elif task == "edit":
-        kw.update(steps=steps or STEPS["edit"], schedule="cosine", phase1_threshold=PHASE1_THRESHOLD,
+        kw.update(steps=steps or STEPS["edit"], schedule="cosine", phase1_threshold=PHASE1_THRESHOLD["edit"],
                   phase1_steps=PHASE1_STEPS)
     elif task == "inpaint":
         kw.update(steps=steps or STEPS["inpaint"], schedule="cosine")
     else:
         raise ValueError(f"task must be repair, edit or inpaint, got {task!r}")
     if system == "base_conf_remask":
-        kw.update(sampler="confidence_remask", remask_threshold=REMASK_THRESHOLD)
+        kw.update(sampler="confidence_remask", remask_threshold=REMASK_THRESHOLD, phase1_threshold=None)
     elif system == "base":
         kw.update(sampler="low_confidence", phase1_threshold=None)
     if system in ("base_conf_remask", "base", "base_regen"):
