@@ -1,4 +1,4 @@
-// History Reference (HER) input embeddings (SPEC §3): argument checks and the CPU kernels.
+// History Reference (HER) input embeddings (docs/spec.md §3): argument checks and the CPU kernels.
 //
 // Forward, per position p = (b, l) (at::parallel_for over positions):
 //   rows with history_len[b] == 0:  out[p] = E[x_p]                      (a plain copy)

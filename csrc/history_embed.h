@@ -1,4 +1,4 @@
-// History Reference (HER) input embeddings (SPEC §3): declarations shared by the CPU and CUDA kernels.
+// History Reference (HER) input embeddings (docs/spec.md §3): declarations shared by the CPU and CUDA kernels.
 //
 // Both implementations take the rotation / decay tables precomputed once per call (by the Python
 // wrapper, see rmkernels/ops/history_embed.py):

@@ -1,4 +1,4 @@
-// History Reference (HER) input embeddings (SPEC §3): the CUDA kernels.
+// History Reference (HER) input embeddings (docs/spec.md §3): the CUDA kernels.
 //
 // Forward: one block per position. Threads own "pair-vectors": VEC consecutive dimensions k and the
 // VEC dimensions k + D/2 they rotate with (VEC = 16 bytes of the weight dtype when D, the row

@@ -1,4 +1,4 @@
-// rm_stats on the CPU (SPEC §1): the same statistics as the Triton kernel, one row per task.
+// rm_stats on the CPU (docs/spec.md §1): the same statistics as the Triton kernel, one row per task.
 //
 // Per row (at::parallel_for over rows), with z the row converted to float32 on the fly:
 //   pass 1: max and the NaN flag (vectorisable reductions); then the first id holding the max
@@ -25,19 +25,12 @@
 #include <tuple>
 #include <type_traits>
 
+#include "rng.h"
+
 namespace rmk {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
-  return x;
-}
 
 // 8-float SIMD vectors (GCC/Clang vector extensions: SSE pairs by default, one AVX2 register in the
 // avx2 clone of the kernel below).
@@ -165,12 +158,10 @@ void rm_stats_rows(const T* base, int64_t row_begin, int64_t row_end, int64_t V,
         }
       }
     } else {
-      const uint32_t row_key = mix32(mix32(static_cast<uint32_t>(counters[r] & 0xFFFFFFFF)) ^ seed_key);
+      const rng::RowKey key = rng::row_key(seed_key, counters[r]);  // all 64 counter bits (docs/spec.md §7)
       float tv = kNegInf, bv = kNegInf;
       for (int64_t v = 0; v < V; ++v) {
-        const uint32_t h = mix32(row_key + static_cast<uint32_t>(v) * 0x9E3779B9u);
-        const float u = (static_cast<float>(h >> 8) + 0.5f) * 5.9604644775390625e-08f;
-        const float score = to_f(z[v]) / temp_f - std::log(-std::log(u));
+        const float score = to_f(z[v]) / temp_f + rng::gumbel(key, v);
         if (score > tv) { tv = score; ti = v; }
         if (v != mask_id && score > bv) { bv = score; bi = v; }
       }
@@ -260,14 +251,128 @@ void rm_stats_cpu_out(const at::Tensor& logits, const at::Tensor& tokens, const 
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Partial statistics of one vocabulary chunk, merged into a running per-row state (the CPU path of
+// rm_linear_stats, docs/spec.md §9): the caller computes the logits of columns [col0, col0 + C) into a
+// [N, C] float32 buffer, this pass folds them into the state, and the next chunk reuses the buffer.
+//
+// state [N, 8] float64 per row: 0 m (running max), 1 s (sum of exp(z - m); NaN once a NaN was
+// seen), 2 best score (mask excluded), 3 logit at the best id, 4 mask logit, 5 mask score,
+// 6 current-token logit (-inf until their columns pass), 7 unused. best_id [N] int64.
+// Ties: chunks arrive in increasing column order and a later chunk replaces the best only with a
+// strictly higher score, so the lowest id wins, as torch.argmax.
+// ---------------------------------------------------------------------------------------------
+enum : int { kM = 0, kS = 1, kBestScore = 2, kBestLogit = 3, kMaskLogit = 4, kMaskScore = 5, kCurLogit = 6, kState = 8 };
+
+inline void chunk_row(const float* z, int64_t C, int64_t col0, int64_t tok, int64_t mask_id, bool sample,
+                      float temp_f, rng::RowKey key, double* st, int64_t* best_id) {
+  const int64_t local_mask = mask_id - col0;
+  const bool has_mask = local_mask >= 0 && local_mask < C;
+  if (has_mask) {
+    const float zm = z[local_mask];
+    st[kMaskLogit] = zm;
+    st[kMaskScore] = sample ? zm / temp_f + rng::gumbel(key, mask_id) : zm;
+  }
+  if (tok >= col0 && tok < col0 + C) st[kCurLogit] = z[tok - col0];
+  if (std::isnan(st[kS])) return;  // a NaN already flagged this row
+  int nan = 0;
+  const float mc = row_max(z, C, &nan);
+  if (nan) {
+    st[kS] = std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
+  if (mc == kNegInf) return;  // nothing in this chunk can change the state
+  // online softmax merge in double
+  const double m_old = st[kM];
+  const double sc = row_sum_exp(z, C, mc);
+  if (mc > m_old) {
+    st[kS] = st[kS] * std::exp(m_old - static_cast<double>(mc)) + sc;  // exp(-inf) = 0 for the first chunk
+    st[kM] = mc;
+  } else {
+    st[kS] += sc * std::exp(static_cast<double>(mc) - m_old);
+  }
+  // the chunk's best non-mask candidate
+  float bv = kNegInf, bz = kNegInf;
+  int64_t bi = -1;
+  if (!sample) {
+    int64_t ti = 0;
+    while (z[ti] != mc) ++ti;  // first column holding the chunk's max
+    if (ti != local_mask) {
+      bi = ti;
+      bv = bz = mc;
+    } else {
+      for (int64_t v = 0; v < C; ++v) {
+        if (v != local_mask && z[v] > bv) { bv = z[v]; bi = v; }
+      }
+      bz = bv;
+    }
+  } else {
+    for (int64_t v = 0; v < C; ++v) {
+      if (v == local_mask) continue;
+      const float score = z[v] / temp_f + rng::gumbel(key, col0 + v);
+      if (score > bv) { bv = score; bi = v; }
+    }
+    if (bi >= 0) bz = z[bi];
+  }
+  if (bi >= 0 && bv > st[kBestScore]) {
+    st[kBestScore] = bv;
+    st[kBestLogit] = bz;
+    *best_id = col0 + bi;
+  }
+}
+
+void chunk_rows(const float* base, int64_t row_stride, int64_t b, int64_t e, int64_t C, int64_t col0,
+                const int64_t* tokens, const int64_t* counters, int64_t mask_id, double temperature, uint32_t seed_key,
+                double* state, int64_t* best_id) {
+  const bool sample = temperature > 0;
+  const float temp_f = static_cast<float>(temperature);
+  for (int64_t r = b; r < e; ++r) {
+    const rng::RowKey key = sample ? rng::row_key(seed_key, counters[r]) : 0u;
+    chunk_row(base + r * row_stride, C, col0, tokens[r], mask_id, sample, temp_f, key, state + r * kState, best_id + r);
+  }
+}
+
+RMK_AVX2_CLONE void chunk_rows_avx2(const float* base, int64_t row_stride, int64_t b, int64_t e, int64_t C,
+                                    int64_t col0, const int64_t* tokens, const int64_t* counters, int64_t mask_id,
+                                    double temperature, uint32_t seed_key, double* state, int64_t* best_id) {
+  chunk_rows(base, row_stride, b, e, C, col0, tokens, counters, mask_id, temperature, seed_key, state, best_id);
+}
+
+// Fold the logits chunk z [N, C] (float32, unit column stride) of columns [col0, col0 + C) into
+// `state` [N, 8] float64 and `best_id` [N] int64 (initialise with rm_linear_stats' _cpu_state).
+void linear_stats_chunk_cpu_(const at::Tensor& z, int64_t col0, const at::Tensor& tokens, const at::Tensor& counters,
+                             int64_t mask_id, double temperature, int64_t seed_key, at::Tensor& state,
+                             at::Tensor& best_id) {
+  TORCH_CHECK_VALUE(z.device().is_cpu() && z.scalar_type() == at::kFloat && z.dim() == 2 && z.stride(1) == 1 &&
+                        z.stride(0) >= z.size(1),
+                    "z must be a CPU float32 [N, C] tensor with unit column stride");
+  const int64_t n_rows = z.size(0), C = z.size(1);
+  TORCH_CHECK_VALUE(col0 >= 0, "col0 must be >= 0");
+  TORCH_CHECK_VALUE(tokens.scalar_type() == at::kLong && tokens.is_contiguous() && tokens.numel() == n_rows,
+                    "tokens must be a contiguous int64 tensor of ", n_rows, " elements");
+  TORCH_CHECK_VALUE(counters.scalar_type() == at::kLong && counters.is_contiguous() && counters.numel() == n_rows,
+                    "counters must be a contiguous int64 tensor of ", n_rows, " elements");
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kDouble && state.is_contiguous() && state.dim() == 2 &&
+                        state.size(0) == n_rows && state.size(1) == kState,
+                    "state must be a contiguous float64 tensor of shape [", n_rows, ", ", int(kState), "]");
+  TORCH_CHECK_VALUE(best_id.scalar_type() == at::kLong && best_id.is_contiguous() && best_id.numel() == n_rows,
+                    "best_id must be a contiguous int64 tensor of ", n_rows, " elements");
+  if (n_rows == 0 || C == 0) return;
+  const uint32_t key = static_cast<uint32_t>(seed_key & 0xFFFFFFFF);
+  auto rows = cpu_has_avx2() ? &chunk_rows_avx2 : &chunk_rows;
+  const float* base = z.const_data_ptr<float>();
+  const int64_t row_stride = z.stride(0);
+  at::parallel_for(0, n_rows, 1, [&](int64_t b, int64_t e) {
+    rows(base, row_stride, b, e, C, col0, tokens.const_data_ptr<int64_t>(), counters.const_data_ptr<int64_t>(),
+         mask_id, temperature, key, state.data_ptr<double>(), best_id.data_ptr<int64_t>());
+  });
+}
+
 }  // namespace
 }  // namespace rmk
 
-TORCH_LIBRARY_FRAGMENT(rmkernels, m) {
-  m.def(
-      "rm_stats_cpu_out(Tensor logits, Tensor tokens, Tensor counters, int L1, int stride0, int stride1, "
-      "int mask_id, float temperature, int seed_key, Tensor(a!) top_id, Tensor(b!) top_p, Tensor(c!) mask_p, "
-      "Tensor(d!) cur_p, Tensor(e!) best_id, Tensor(f!) best_p, Tensor(g!) status) -> ()");
+// the schemas are in csrc/module.cpp
+TORCH_LIBRARY_IMPL(rmkernels, CPU, m) {
+  m.impl("rm_stats_cpu_out", &rmk::rm_stats_cpu_out);
+  m.impl("linear_stats_chunk_cpu_", &rmk::linear_stats_chunk_cpu_);
 }
-
-TORCH_LIBRARY_IMPL(rmkernels, CPU, m) { m.impl("rm_stats_cpu_out", &rmk::rm_stats_cpu_out); }

@@ -26,11 +26,14 @@ def extension_available(device: torch.device | str = "cpu") -> bool:
     return device.type == "cpu" or (device.type == "cuda" and _C.with_cuda())
 
 
-def require_extension(impl: str, device: torch.device) -> None:
-    """Raise a ValueError explaining why ``impl`` cannot run on ``device``."""
-    if not extension_available(device):
-        why = _C_ERROR or "it was built without CUDA (torch without CUDA or nvcc not found at build time)"
-        raise ValueError(
-            f"impl={impl!r} cannot run on {device}: rmkernels._C is unavailable ({why}); "
-            "build it with `pip install --no-build-isolation -e .` or use impl='reference'"
-        )
+def unavailable_reason(device: torch.device | str = "cpu") -> str:
+    """Why the ``rmkernels._C`` kernels cannot run on ``device`` (for error messages)."""
+    device = torch.device(device)
+    if _C is None:
+        why = _C_ERROR or "not built"
+    elif device.type not in ("cpu", "cuda"):
+        why = f"it has no kernels for {device.type} tensors"
+    else:
+        why = "it was built without CUDA (torch without CUDA or nvcc not found at build time)"
+    return (f"rmkernels._C is unavailable on {device} ({why}); build it with "
+            "`pip install --no-build-isolation -e .` or use impl='reference'")

@@ -1,20 +1,17 @@
-"""History Reference state and parameters: the history FIFO and the HER LayerNorm module (SPEC §3)."""
+"""History Reference state and parameters: the history FIFO and the HER LayerNorm module (docs/spec.md §3)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-
 import torch
 import torch.nn as nn
 
-from rmkernels._utils import INT_DTYPES, check_tensor
+from rmkernels._utils import INT_DTYPES, atomic_write, check_tensor
 
 __all__ = ["HistoryBuffer", "HistoryNorm"]
 
 
 class HistoryBuffer:
-    """On-device FIFO of the last ``H`` previous states of every sequence in a batch (SPEC §3).
+    """On-device FIFO of the last ``H`` previous states of every sequence in a batch (docs/spec.md §3).
 
     Attributes
     ----------
@@ -152,20 +149,12 @@ class HistoryNorm(nn.Module):
         )
 
     def save(self, path: str, metadata: dict | None = None) -> None:
-        """Write ``weight``/``bias`` as safetensors, atomically (temp file + rename)."""
+        """Write ``weight``/``bias`` as safetensors, atomically (:func:`rmkernels._utils.atomic_write`)."""
         from safetensors.torch import save_file
 
         meta = {"dim": str(self.dim), "eps": repr(self.eps), "extra": json.dumps(metadata or {})}
         tensors = {"weight": self.weight.detach().cpu().contiguous(), "bias": self.bias.detach().cpu().contiguous()}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str, device=None) -> "HistoryNorm":

@@ -4,8 +4,10 @@ import torch
 
 from rmkernels import DecodeConfig, HistoryNorm, generate
 from rmkernels.decode import RMModel, replay_statistics
+from oracles import her_embed_by_hand
 from rmkernels.decode.canvas import build_canvas
 from rmkernels.decode.fast import FastDecoder
+from rmkernels.decode.forward import decoder_logits
 from rmkernels.models import TinyMDM, TinyMDMConfig
 
 V, M = 23, 22
@@ -110,14 +112,98 @@ def test_grid_exercises_reveal_abstain_and_remask():
     """The comparisons above are meaningful: decoding both reveals and re-masks, and some position abstains."""
     model = tiny_model(0)
     ids, am = prompts_batch(0)
-    out = generate(model, ids, DecodeConfig(steps=16, reveal_per_step=2, block_size=4, history_steps=0,
-                                            record_trajectory=True), mask_id=M, attention_mask=am, gen_length=8)
+    cfg = DecodeConfig(steps=16, reveal_per_step=2, block_size=4, history_steps=0, record_trajectory=True)
+    gen = build_canvas(ids, M, cfg, attention_mask=am, gen_length=8).gen_mask  # the layout generate uses
+    abstained = []
+
+    def watching(input_ids=None, inputs_embeds=None, attention_mask=None):
+        z = model(input_ids=input_ids, attention_mask=attention_mask)
+        # a masked generated position whose argmax is the mask itself abstains this step
+        abstained.append(int((gen & (input_ids == M) & (z.argmax(-1) == M)).sum()))
+        return z
+
+    out = generate(watching, ids, cfg, mask_id=M, attention_mask=am, gen_length=8)
     stats = replay_statistics(out.trajectory, M)
     assert int(stats.reveals.sum()) > 0 and int(stats.remasks.sum()) > 0
+    assert sum(abstained) > 0, abstained
     # the kernel path (C++ on CPU) agrees with the reference statistics too
     ref = generate(model, ids, DecodeConfig(steps=16, reveal_per_step=2, block_size=4, history_steps=0),
                    mask_id=M, attention_mask=am, gen_length=8, impl="reference")
     assert torch.equal(ref.sequences, out.sequences)
+
+
+def test_build_canvas_by_hand():
+    """Prompts left-aligned, masks after them, padding on the right; ranks, blocks and step budgets."""
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9], [0, 0, 4]])
+    am = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+    c = build_canvas(ids, M, DecodeConfig(steps=8, block_size=2), attention_mask=am, gen_length=4, pad_id=1)
+    assert c.tokens.tolist() == [[5, 6, 7, M, M, M, M], [8, 9, M, M, M, M, 1], [4, M, M, M, M, 1, 1]]
+    assert c.gen_mask.int().tolist() == [[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0, 0]]
+    assert c.attention_mask.int().tolist() == [[1] * 7, [1] * 6 + [0], [1] * 5 + [0, 0]]
+    assert c.gen_rank.tolist() == [[-1, -1, -1, 0, 1, 2, 3], [-1, -1, 0, 1, 2, 3, -1], [-1, 0, 1, 2, 3, -1, -1]]
+    assert c.n_blocks.tolist() == [2, 2, 2] and c.block_len == 2 and c.steps_per_block.tolist() == [4, 4, 4]
+    # no padding anywhere: no attention mask; the default pad is the mask id; one block without block_size
+    c = build_canvas(ids[:1], M, DecodeConfig(steps=6), gen_length=2)
+    assert c.tokens.tolist() == [[5, 6, 7, M, M]] and c.attention_mask is None
+    assert c.n_blocks.tolist() == [1] and c.block_len == 2 and c.steps_per_block.tolist() == [6]
+    # a ready canvas: fixed positions by prompt_mask, padding by attention_mask; a row with nothing to edit
+    canvas = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    fixed = torch.tensor([[True, False, False, True], [True, True, True, False]])
+    c = build_canvas(canvas, M, DecodeConfig(steps=4), prompt_mask=fixed,
+                     attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert torch.equal(c.tokens, canvas) and c.gen_mask.int().tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
+    assert c.gen_rank.tolist() == [[-1, 0, 1, -1], [-1, -1, -1, -1]]
+    assert c.n_blocks.tolist() == [1, 0] and c.block_len == 2 and c.steps_per_block.tolist() == [4, 0]
+
+
+class MixingModel(torch.nn.Module):
+    """``logits_i = e_i A + mean_j(e_j) C`` over the attended positions: every position sees the
+    whole canvas, so masking the prompt (guidance) changes every logit."""
+
+    def __init__(self, D=6):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, D)
+        self.A, self.C = torch.nn.Parameter(torch.randn(D, V)), torch.nn.Parameter(torch.randn(D, V))
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None):
+        e = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+        m = torch.ones(e.shape[:2]) if attention_mask is None else attention_mask.to(e.dtype)
+        ctx = (e * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        return e @ self.A + (ctx @ self.C)[:, None, :]
+
+
+@pytest.mark.parametrize("her", [False, True])
+@pytest.mark.parametrize("kernels", ["reference", "auto"])
+def test_decoder_logits_by_hand(her, kernels):
+    """Guidance, suppression and History Reference of a decoding step, against hand-built inputs:
+    the unconditional pass sees the prompt (attended, not generated) masked and the same history,
+    logits = uncond + (scale + 1) (cond - uncond), suppressed ids -inf."""
+    model, norm = MixingModel(), random_norm(6, 1)
+    x = torch.tensor([[1, 2, M, 4, M, 0], [3, M, 5, 6, 7, M]])
+    gen = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    att = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    hist = (torch.randint(0, V, (2, 3, 6)), torch.tensor([2, 3])) if her else None
+    cfg = DecodeConfig(cfg_scale=0.7, suppress_tokens=(0, 5), history_steps=3 if her else 0, history_decay=0.4)
+    got = decoder_logits(RMModel(model, norm), x, att, gen, hist, cfg, M, kernels=kernels)
+
+    prompt = att & ~gen
+    x_uncond = x.clone()
+    x_uncond[prompt] = M  # row 0: positions 0, 1; row 1: positions 0, 5 (padding, position 5 of row 0, stays)
+    assert x_uncond.tolist() == [[M, M, M, 4, M, 0], [M, M, 5, 6, 7, M]]
+    with torch.no_grad():
+        if her:
+            embed = lambda ids: her_embed_by_hand(model.emb.weight, ids, *hist, gen, decay=0.4, rotate=True,  # noqa: E731
+                                                  ln_weight=norm.weight, ln_bias=norm.bias).float()
+            cond, uncond = model(inputs_embeds=embed(x), attention_mask=att), model(inputs_embeds=embed(x_uncond), attention_mask=att)
+        else:
+            cond, uncond = model(input_ids=x, attention_mask=att), model(input_ids=x_uncond, attention_mask=att)
+    want = uncond + 1.7 * (cond - uncond)
+    want[..., [0, 5]] = float("-inf")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cond, uncond, atol=1e-3)  # guidance changes the logits here
 
 
 def test_ready_canvas_revision_with_prompt_mask():

@@ -1,4 +1,4 @@
-"""Two-phase editing decode (SPEC §10): phase-1 re-masking, unmasking schedules, fast == reference."""
+"""Two-phase editing decode (docs/spec.md §10): phase-1 re-masking, unmasking schedules, fast == reference."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""HistoryBuffer: the on-device FIFO of previous states (SPEC §3) against a plain Python model."""
+"""HistoryBuffer: the on-device FIFO of previous states (docs/spec.md §3) against a plain Python model."""
 import pytest
 import torch
 

@@ -58,5 +58,15 @@ def test_grid_checkpoint_roundtrip(tmp_path):
 
 
 def test_plain_model_accepts_shorter_sequences():
-    m = TinyMDM(vocab_size=7, max_len=12, dim=16, depth=1, heads=2).eval()
-    assert m(input_ids=torch.randint(0, 7, (2, 5))).shape == (2, 5, 7)
+    """A sequence shorter than max_len is the same as that sequence padded to max_len with the
+    padding masked out (absolute positions 0..L-1, padded keys get no attention)."""
+    m = TinyMDM(vocab_size=7, max_len=12, dim=16, depth=2, heads=2).eval()
+    x = torch.randint(0, 7, (2, 5))
+    out = m(input_ids=x)
+    assert out.shape == (2, 5, 7)
+    padded = torch.cat([x, torch.randint(0, 7, (2, 7))], 1)
+    am = (torch.arange(12) < 5).expand(2, 12)
+    # the same math; only the attention's float summation order differs (exp(-inf) adds exact zeros)
+    torch.testing.assert_close(m(input_ids=padded, attention_mask=am)[:, :5], out, atol=1e-6, rtol=1e-6)
+    # and it is not a constant: the padded tokens, unmasked, change the result
+    assert not torch.allclose(m(input_ids=padded)[:, :5], out, atol=1e-3)

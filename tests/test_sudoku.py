@@ -1,21 +1,29 @@
 """Sudoku task: generator validity, corruption, validator, board files, splits, metrics, checkpoints."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from rmkernels.tasks.sudoku.data import format_board, make_boards, parse_boards, read_boards, write_boards
+from rmkernels.tasks.sudoku.checkpoint import load_checkpoint
+from rmkernels.tasks.sudoku.data import (
+    DEFAULT_SEED, format_board, make_boards, parse_boards, read_boards, split_rng, write_boards)
+from rmkernels.tasks.sudoku.evaluate import VARIANT_NAMES, checkpoint_path, load_boards
 from rmkernels.tasks.sudoku.grids import (
     CELL_UNITS,
     MASK_ID,
     UNITS,
     conflict_cells,
     corrupt,
+    grid_clusters,
+    grid_fingerprint,
     is_valid,
     sample_grids,
     seed_grids,
     transform_grids,
 )
-from rmkernels.tasks.sudoku.metrics import ablation_ordering, board_metrics, markdown_table, ordering_table, paired_difference
+from rmkernels.tasks.sudoku.metrics import (
+    ablation_ordering, board_metrics, cluster_robust_se, markdown_table, ordering_table, paired_difference)
 
 
 def _valid_by_loops(g) -> bool:
@@ -181,14 +189,78 @@ def test_metrics_on_hand_made_trajectory():
 
 
 def test_shipped_test_split_is_the_generated_one():
-    from importlib.resources import files
+    from rmkernels.tasks.sudoku.assets import default_boards
 
-    corrupted, solution = read_boards(str(files("rmkernels") / "data" / "sudoku_test.txt"))
+    corrupted, solution = read_boards(default_boards())
     assert corrupted.shape == (1000, 81)
     changed = (corrupted != solution).sum(1)
     assert changed.min() >= 4 and changed.max() <= 20
     c2, s2 = make_boards("test", 1000, seed=1234)
     assert (c2 == corrupted).all() and (s2 == solution).all()
+
+
+def test_grid_fingerprint_is_invariant_under_every_symmetry():
+    rng = np.random.default_rng(8)
+    pool = seed_grids(6, rng)
+    fp = grid_fingerprint(pool)
+    assert len(set(fp)) == 6  # different seed grids, different fingerprints
+    g = pool.reshape(6, 9, 9)
+    one_at_a_time = [
+        g.transpose(0, 2, 1),  # transpose
+        g[:, [3, 4, 5, 0, 1, 2, 6, 7, 8]],  # swap two bands
+        g[:, [0, 2, 1, 3, 4, 5, 8, 7, 6]],  # rows within bands
+        g[:, :, [6, 7, 8, 3, 4, 5, 0, 1, 2]],  # swap two stacks
+        g[:, :, [1, 0, 2, 3, 5, 4, 6, 7, 8]],  # columns within stacks
+        np.array([4, 2, 7, 0, 8, 1, 3, 6, 5])[g],  # relabel digits
+    ]
+    for t in one_at_a_time:
+        assert bool(is_valid(t.reshape(6, 81)).all()) and grid_fingerprint(t.reshape(6, 81)) == fp
+    assert grid_fingerprint(transform_grids(pool.repeat(4, 0), rng)) == [f for f in fp for _ in range(4)]
+    assert grid_clusters(transform_grids(pool[[2, 0, 2, 5, 0]], rng)).tolist() == [0, 1, 0, 2, 1]
+    with pytest.raises(ValueError, match="complete"):
+        grid_fingerprint(np.full((1, 81), MASK_ID))
+
+
+def _training_pools():
+    """``(split, data_seed, pool_size)`` of every seed-grid pool the shipped checkpoints were trained
+    on, read from their metadata (every stage, the base model included)."""
+    pools = set()
+
+    def walk(meta):
+        if isinstance(meta, dict):
+            cfg = meta.get("config")
+            if isinstance(cfg, dict) and "data_seed" in cfg and "pool_size" in cfg:
+                pools.add(("train", int(cfg["data_seed"]), int(cfg["pool_size"])))
+                if cfg.get("onpolicy_boards"):  # posttrain's on-policy boards: their own train pool
+                    pools.add(("train", int(cfg["data_seed"]) + 1, 1024))
+            for v in meta.values():
+                walk(v)
+
+    for name in ("base",) + VARIANT_NAMES:
+        walk(load_checkpoint(checkpoint_path(name))[2])
+    return pools
+
+
+def test_no_shipped_test_board_is_a_transform_of_a_training_seed_grid():
+    """data.py's claim, on the shipped files: the test split's grids (1000 boards, transforms of
+    621 seed grids) share no symmetry-invariant fingerprint with any seed grid the shipped models
+    were trained on -- and the fingerprint separates every training seed grid from every other."""
+    _, solution = load_boards()  # the shipped test boards
+    test_fp = grid_fingerprint(solution)
+    pools = _training_pools()
+    assert pools  # the checkpoints say what they were trained on
+    train = np.concatenate([seed_grids(size, split_rng(split, seed)) for split, seed, size in sorted(pools)])
+    train_fp = grid_fingerprint(train)
+    assert len(set(train_fp)) == len(train)
+    assert not set(test_fp) & set(train_fp)
+    # the boards cluster on seed grids: the fingerprint's clusters are exactly those of the generator
+    clusters = grid_clusters(solution)
+    rng = split_rng("test", DEFAULT_SEED)
+    seed_grids(len(solution), rng)  # make_boards: the pool, then each board's pool index
+    pool_index = rng.integers(len(solution), size=len(solution))
+    assert len(set(clusters.tolist())) == len(set(pool_index.tolist())) == 621
+    first = {}
+    assert all(first.setdefault(c, p) == p for c, p in zip(clusters.tolist(), pool_index.tolist()))
 
 
 def test_cli_make_boards(tmp_path):
@@ -244,10 +316,10 @@ def _ten_boards_with_outcomes(solved):
 def test_paired_difference_by_hand():
     a, solution = _ten_boards_with_outcomes([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
     b, _ = _ten_boards_with_outcomes([1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # b also solves boards 5, 6, 7
-    d = paired_difference(a, b, solution)
+    d = paired_difference(a, b, solution, clusters=np.arange(10))  # every board its own cluster
     diff = np.array([0.0] * 5 + [1.0] * 3 + [0.0] * 2)
     assert d["exact_diff_pct"] == pytest.approx(30.0)
-    assert d["exact_diff_se_pct"] == pytest.approx(100 * diff.std(ddof=1) / np.sqrt(10))
+    assert d["exact_diff_se_pct"] == pytest.approx(100 * diff.std(ddof=1) / np.sqrt(10))  # the iid SE
     assert (d["only_a_exact"], d["only_b_exact"]) == (0, 3)
     per_board = conflict_cells(torch.from_numpy(b)).sum(1).double() - conflict_cells(torch.from_numpy(a)).sum(1).double()
     assert d["conflicts_diff"] == pytest.approx(float(per_board.mean())) and d["conflicts_diff"] < 0
@@ -256,6 +328,32 @@ def test_paired_difference_by_hand():
         paired_difference(a, b[:5], solution)
     with pytest.raises(ValueError, match="at least 2 boards"):
         paired_difference(a[:1], b[:1], solution[:1])
+
+
+def test_cluster_robust_standard_error_by_hand():
+    """Six boards from three seed grids, b solving boards 0, 1 and 4 that a does not: per-board
+    differences d = (1, 1, 0, 0, 1, 0), mean 1/2; residual sums per cluster e = (1, -1/2, -1/2);
+    SE = sqrt(3/2 * (1 + 1/4 + 1/4)) / 6 = 1/4 (the iid formula would say sqrt(0.3 / 6) = 0.224)."""
+    assert cluster_robust_se([1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 1, 2]) == pytest.approx(0.25)
+    assert cluster_robust_se([1, 1, 0, 0, 1, 0], [7, 7, 3, 3, 3, -1]) == pytest.approx(0.25)  # any labels
+    assert cluster_robust_se([1, 1, 0, 0, 1, 0], np.arange(6)) == pytest.approx(math.sqrt(0.3 / 6))
+    outcome_a = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    outcome_b = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    a, solution = _ten_boards_with_outcomes(outcome_a)
+    b, _ = _ten_boards_with_outcomes(outcome_b)
+    d = paired_difference(a[:6], b[:6], solution[:6], clusters=[0, 0, 1, 1, 1, 2])
+    assert d["exact_diff_pct"] == pytest.approx(50.0) and d["exact_diff_se_pct"] == pytest.approx(25.0)
+    assert d["clusters"] == 3
+    # default clusters: the boards' seed grids, found from the solutions by their fingerprint
+    rng = np.random.default_rng(1)
+    grids = seed_grids(3, rng)
+    twice = np.concatenate([transform_grids(grids, rng), transform_grids(grids, rng)])
+    d = paired_difference(twice, twice, twice)
+    assert d["clusters"] == 3 and d["exact_diff_se_pct"] == 0.0
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        cluster_robust_se([1, 0, 1], [4, 4, 4])
+    with pytest.raises(ValueError, match="clusters"):
+        cluster_robust_se([1, 0, 1], [0, 1])
 
 
 def test_ablation_ordering_verdicts():

@@ -8,13 +8,12 @@ import torch
 from rmkernels.tasks.sudoku.data import make_boards
 from rmkernels.tasks.sudoku.grids import MASK_ID, sample_grids, seed_grids
 
-training = pytest.importorskip("rmkernels.training")
-pytest.importorskip("rmkernels.decode.generate")
-from rmkernels.history import HistoryNorm  # noqa: E402
-from rmkernels.models import TinyMDM  # noqa: E402
-from rmkernels.tasks.sudoku.evaluate import decode_boards, decode_config  # noqa: E402
-from rmkernels.tasks.sudoku.onpolicy import OnPolicyMix, collect_states  # noqa: E402
-from rmkernels.tasks.sudoku.synth import SudokuRMData  # noqa: E402
+import rmkernels.training as training
+from rmkernels.history import HistoryNorm
+from rmkernels.models import TinyMDM
+from rmkernels.tasks.sudoku.evaluate import decode_boards, decode_config
+from rmkernels.tasks.sudoku.onpolicy import OnPolicyMix, collect_states
+from rmkernels.tasks.sudoku.synth import SudokuRMData
 
 SETTINGS = {"history_steps": 6, "history_decay": 0.5, "history_rotate": True}
 

@@ -1,12 +1,12 @@
-"""Sudoku post-training data: SPEC §4 trajectories plus swapped pairs and wrong reveals."""
+"""Sudoku post-training data: docs/spec.md §4 trajectories plus swapped pairs and wrong reveals."""
 import numpy as np
 import pytest
 import torch
 
 from rmkernels.tasks.sudoku.grids import MASK_ID, is_valid, sample_grids, seed_grids
 
-training = pytest.importorskip("rmkernels.training")
-from rmkernels.tasks.sudoku.synth import CLOSE_PEERS, PEERS, SudokuRMData, add_decoder_mistakes, rectangle_partner  # noqa: E402
+import rmkernels.training as training
+from rmkernels.tasks.sudoku.synth import CLOSE_PEERS, PEERS, SudokuRMData, add_decoder_mistakes, rectangle_partner
 
 
 def _targets(n=96, seed=0):

@@ -89,7 +89,6 @@ def test_pretrain_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_posttrain_smoke(tmp_path):
-    pytest.importorskip("rmkernels.training.trainer")
     from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain, variant_settings
 
     base = pretrain(_cfg(2), str(tmp_path / "base"), log=lambda s: None)
@@ -112,7 +111,6 @@ def test_posttrain_smoke(tmp_path):
 
 def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
     """``init`` continues a variant's checkpoint (model and HER norm), ``keep_weight`` reaches the loss."""
-    pytest.importorskip("rmkernels.training.trainer")
     import rmkernels.training as training
     from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain
 
@@ -157,7 +155,6 @@ def test_posttrain_second_stage_from_variant(tmp_path, monkeypatch):
 
 
 def test_posttrain_rejects_bad_second_stage_settings(tmp_path):
-    pytest.importorskip("rmkernels.training.trainer")
     from rmkernels.tasks.sudoku.posttrain import PostTrainConfig, posttrain
 
     base = pretrain(_cfg(1), str(tmp_path / "base"), log=lambda s: None)

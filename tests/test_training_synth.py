@@ -1,4 +1,4 @@
-"""Post-training data synthesis (SPEC §4): trajectories, history, oracle labels, offline shards."""
+"""Post-training data synthesis (docs/spec.md §4): trajectories, history, oracle labels, offline shards."""
 import json
 import os
 
@@ -73,7 +73,7 @@ def _check_row(traj, batch, targets, answer, b, mask_id, H, wrong_ids=None):
     c = int(traj.current[b])
     cur = frames[c]
     assert batch.input_ids[b].tolist() == cur
-    # oracle labels, SPEC §4 table
+    # oracle labels, docs/spec.md §4 table
     for i, (x, g, a) in enumerate(zip(cur, gold, ans)):
         y, p = int(batch.labels[b, i]), int(batch.part[b, i])
         if not a:

@@ -1,4 +1,4 @@
-"""Decoding configuration: every knob of the Reflective Masking step loop (SPEC §2, §3, §10)."""
+"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3, §8, §10)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -7,11 +7,14 @@ from rmkernels.decode.schedule import SCHEDULES
 
 SAMPLERS = ("rm", "low_confidence", "confidence_remask")
 REVEAL_MODES = ("topk", "threshold", "all")
+CACHE_MODES = ("none", "prefix", "dual")
+COUNTER_STRIDE = 1 << 24  # RNG counter of (step of a row, position) = step * 2**24 + position (docs/spec.md §7)
+REMASK_SCOPES = ("all", "block")
 
 
 @dataclass
 class DecodeConfig:
-    """Knobs of :func:`rmkernels.generate`. Defaults follow SPEC.md.
+    """Knobs of :func:`rmkernels.generate`. Defaults follow docs/spec.md.
 
     Schedule
         steps : step budget per sequence, split evenly over its blocks.
@@ -24,12 +27,12 @@ class DecodeConfig:
         remask : enable the reflective re-mask ``p(mask) > p(token)``.
         remask_interval : re-mask on steps where ``step % remask_interval == 0``.
         max_remask : cap on re-masks per position (-1 = no cap).
-    Stuck rescue (an extension of SPEC §2, off by default)
+    Stuck rescue (docs/spec.md §6: an extension of §2, off by default)
         rescue_ratio : ``None`` = off. Else, where the RM rule would stop a row at a fixed point (no
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
         max_rescues : rescues per row and block.
-    Two-phase editing (SPEC §10, off by default)
+    Two-phase editing (docs/spec.md §10, off by default)
         phase1_threshold : ``None`` = off. Else, before the first block, phase 1 re-masks every
             visible editable token with ``p(mask) > phase1_threshold`` and ``p(mask) > p(token)``
             (nothing is revealed), for at most ``phase1_steps`` steps and until a step changes
@@ -66,7 +69,24 @@ class DecodeConfig:
         check_every : the fast path looks at its device-side "all finished" flag every this many
             steps (one host synchronisation each time).
         cuda_graph : on CUDA, capture one step in a CUDA graph and replay it (the model forward
-            must be capturable: static shapes, no host synchronisation).
+            must be capturable: static shapes, no host synchronisation). With a KV cache: one graph
+            for the refresh step and one per span width (one for ``dual``, one per block for ``prefix``).
+        fused_head : compute the statistics from the LM head's input with ``rm_linear_stats``
+            (docs/spec.md §9) instead of materialising the ``[B, L, V]`` logits. Needs a model whose adapter
+            gives hidden states and the head (``RMModel.supports_fused_head``). The logits are then
+            accumulated in float32 from the head's inputs (not rounded to the model's dtype).
+    KV cache and edit scope (docs/spec.md §8; needs a model with the KV-cache API, e.g. the native LLaDA / Dream)
+        cache : ``"none"`` (every step forwards the whole canvas), ``"prefix"`` (at a block's start,
+            and every ``cache_refresh`` steps, a full forward stores every position's keys/values;
+            the other steps forward the active block and the generated positions after it) or
+            ``"dual"`` (the same refreshes; the other steps forward the active block only). With a
+            cache the rows of a batch go through the blocks in lockstep (a row at its fixed point
+            waits, unchanged, for the others), and only the active block is edited.
+        cache_refresh : ``None`` = refresh only at a block's start; ``n`` = also at every ``n``-th
+            step of a block (``1``: every step is a full forward, i.e. no approximation).
+        remask_scope : the generated positions a step may edit (reveal and re-mask): ``"all"`` (every
+            one up to the end of the active block, docs/spec.md §2) or ``"block"`` (the active block only).
+            ``None`` = ``"block"`` with a cache, ``"all"`` without; ``"all"`` with a cache is an error.
     """
 
     steps: int = 64
@@ -97,6 +117,10 @@ class DecodeConfig:
     record_trajectory: bool = False
     check_every: int = 4
     cuda_graph: bool = False
+    cache: str = "none"
+    cache_refresh: int | None = None
+    remask_scope: str | None = None
+    fused_head: bool = False
 
     def __post_init__(self):
         self.suppress_tokens = tuple(int(t) for t in self.suppress_tokens)
@@ -136,12 +160,31 @@ class DecodeConfig:
              "None unless the sampler is 'rm' with remask on")
         need(0.0 <= float(self.remask_threshold) <= 1.0, "remask_threshold", "in [0, 1]")
         need(is_int(self.check_every) and self.check_every >= 1, "check_every", "an int >= 1")
+        need(self.cache in CACHE_MODES, "cache", f"one of {CACHE_MODES}")
+        need(self.cache_refresh is None or (is_int(self.cache_refresh) and self.cache_refresh >= 1), "cache_refresh",
+             "None or an int >= 1")
+        need(self.remask_scope is None or self.remask_scope in REMASK_SCOPES, "remask_scope",
+             f"None or one of {REMASK_SCOPES}")
+        need(self.cache == "none" or self.remask_scope != "all", "remask_scope",
+             "'block' (or None) with a KV cache: only the active block has fresh logits")
+        need(isinstance(self.fused_head, bool), "fused_head", "a bool")
+        need(self.cache == "none" or self.phase1_threshold is None, "phase1_threshold",
+             "None with a KV cache (phase 1 edits every generated position, docs/spec.md §10)")
+        need(self.cache == "none" or self.schedule is None, "schedule",
+             "None with a KV cache (the schedules are defined without one, docs/spec.md §10)")
         return self
 
     @property
     def max_steps(self) -> int:
         """The most steps a row can take: ``steps`` plus the phase-1 steps of two-phase editing."""
         return self.steps + (self.phase1_steps if self.phase1_threshold is not None else 0)
+
+    @property
+    def edit_scope(self) -> str:
+        """``remask_scope`` resolved: ``"block"`` with a cache, ``"all"`` without (unless set)."""
+        if self.remask_scope is not None:
+            return self.remask_scope
+        return "all" if self.cache == "none" else "block"
 
     @property
     def remask_rule(self) -> str | None:

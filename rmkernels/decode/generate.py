@@ -1,19 +1,21 @@
-"""``rmkernels.generate``: Reflective Masking decoding of a batch (SPEC §2, §3)."""
+"""``rmkernels.generate``: Reflective Masking decoding of a batch (docs/spec.md §2, §3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
 
+from rmkernels._utils import IMPLS
+from rmkernels.decode.cache import plan_cache
 from rmkernels.decode.canvas import Canvas, build_canvas
 from rmkernels.decode.config import DecodeConfig
 from rmkernels.decode.fast import FastDecoder
-from rmkernels.decode.forward import check_suppress_tokens, decoder_logits
+from rmkernels.decode.forward import check_suppress_tokens, decoder_stats
 from rmkernels.decode.model import as_rm_model
 from rmkernels.decode.reference import decode_row_reference
 from rmkernels.history import HistoryNorm
 
-IMPLS = ("auto", "fast", "reference")
+DECODER_IMPLS = ("auto", "fast", "reference")  # the decoding loop; ``kernels`` picks the ops' kernels
 
 
 @dataclass
@@ -54,10 +56,8 @@ def _fill_remaining(rm, canvas: Canvas, x, history, cfg, mask_id, kernels) -> bo
     left = canvas.gen_mask & (x == mask_id)
     if not bool(left.any()):
         return False
-    from rmkernels.ops.rm_stats import rm_stats
-
-    logits = decoder_logits(rm, x, canvas.attention_mask, canvas.gen_mask, history, cfg, mask_id, kernels)
-    best = rm_stats(logits, x, mask_id, impl=kernels).best_id
+    best = decoder_stats(rm, x, canvas.attention_mask, canvas.gen_mask, history, cfg, mask_id, kernels,
+                         check=True).best_id
     x.copy_(torch.where(left, best, x))
     return True
 
@@ -94,6 +94,9 @@ def generate(
         tokens there can be re-masked.
     config : DecodeConfig, optional
         The knobs; keyword ``overrides`` replace single fields (``generate(..., steps=32)``).
+        ``cache="prefix" | "dual"`` (docs/spec.md §8) needs a model with the KV-cache API (the native
+        ``LLaDAModel`` / ``DreamModel``) and prompts extended by ``gen_length`` (or a ready canvas
+        whose rows each hold one contiguous run of generated positions of the same length).
     mask_id : int
         The mask token id (required).
     prompt_mask : Tensor ``[B, L]`` bool, optional
@@ -107,15 +110,36 @@ def generate(
     impl : {"auto", "fast", "reference"}
         ``"reference"``: the readable per-row loop (the spec); ``"auto"``/``"fast"``: the
         device-resident batched loop.
-    kernels : str
-        ``impl`` passed to ``rm_stats`` and ``history_embed`` by the fast path.
+    kernels : {"auto", "triton", "ext", "reference"}
+        Implementation preference for the ops the fast path calls (``rm_stats`` or
+        ``rm_linear_stats``, ``history_embed``): each runs that kernel where it has one for the
+        tensors' device, and its ``"auto"`` choice otherwise (``rmkernels._utils.IMPL_TABLE``; e.g.
+        ``"triton"`` gives ``history_embed`` its extension kernel). ``"reference"`` runs every op
+        eagerly. The reference loop (``impl="reference"``) always uses the eager references.
+    fused_head : bool (a ``DecodeConfig`` field, also a keyword override)
+        Statistics from the LM head's input with ``rm_linear_stats`` (docs/spec.md §9): the
+        ``[B, L, V]`` logits are never written. The reference loop then materialises the same
+        float32 logits.
 
     Returns
     -------
     DecodeOutput
+        ``sequences [B, L]``, ``steps [B]``, ``nfe``, ``gen_mask [B, L]``, ``trajectory`` (when
+        ``record_trajectory``).
+
+    Example
+    -------
+    >>> from rmkernels.models import TinyMDM
+    >>> model = TinyMDM(vocab_size=32, max_len=24).eval()      # any MDM; HF models work as they are
+    >>> prompts = torch.randint(0, 31, (2, 8))
+    >>> out = generate(model, prompts, mask_id=31, gen_length=16, steps=16, history_steps=6)
+    >>> out.sequences.shape, out.generated(0).shape
+    (torch.Size([2, 24]), torch.Size([16]))
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl not in DECODER_IMPLS:
+        raise ValueError(f"impl must be one of {DECODER_IMPLS}, got {impl!r}")
+    if kernels not in IMPLS:
+        raise ValueError(f"kernels must be one of {list(IMPLS)}, got {kernels!r}")
     if mask_id is None:
         raise ValueError("mask_id is required: the model's mask token id")
     cfg = replace(config or DecodeConfig(), **overrides) if overrides else (config or DecodeConfig())
@@ -125,6 +149,9 @@ def generate(
     if cfg.history_steps > 0 and not rm.supports_history:
         raise ValueError("history_steps > 0 needs a model with get_input_embeddings() whose forward takes "
                          "inputs_embeds; pass history_steps=0 to decode without History Reference")
+    if cfg.fused_head and not rm.supports_fused_head:
+        raise ValueError("fused_head=True needs a model whose LM head the adapter can take over: get_output_embeddings() "
+                         "with a 2-D weight, and logits exactly head(hidden) (see rmkernels.decode.model)")
     dev = rm.device
     if dev is not None and input_ids.device != dev:
         raise ValueError(f"input_ids is on {input_ids.device} but the model is on {dev}")
@@ -135,6 +162,7 @@ def generate(
         input_ids, mask_id, cfg, attention_mask=attention_mask, gen_length=gen_length, prompt_mask=prompt_mask,
         pad_id=pad_id, max_length=max_length if max_length is not None else _model_max_length(rm.model),
     )
+    plan_cache(rm, canvas, cfg)  # cache="prefix" / "dual": the model and the layout can run it (docs/spec.md §8)
     seed = cfg.seed if cfg.seed is not None else (int(torch.randint(0, 2**62, (1,))) if cfg.temperature > 0 else 0)
 
     if impl == "reference":

@@ -1,20 +1,23 @@
-"""The reference decoder: a short, readable loop that is the executable form of SPEC §2, §3 and §10.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2, §3 and §10.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
+With a KV cache (docs/spec.md §8) the row's logits come from :class:`~rmkernels.decode.cache.RowCacheReference`:
+a full forward at every refresh, the span against the cache otherwise; positions outside the span
+have no statistics (they are not editable).
 """
 from __future__ import annotations
 
 import torch
 
+from rmkernels.decode.cache import RowCacheReference, refresh_due
 from rmkernels.decode.canvas import Canvas
-from rmkernels.decode.config import DecodeConfig
-from rmkernels.decode.forward import decoder_logits
+from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig  # noqa: F401  (COUNTER_STRIDE re-exported)
+from rmkernels.decode.forward import decoder_hidden, decoder_logits
 from rmkernels.decode.model import RMModel
 from rmkernels.decode.schedule import reveal_count
+from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.reference.rm_stats import rm_stats_reference
-
-COUNTER_STRIDE = 1 << 24  # RNG counter of (step, position) = step * 2**24 + position
 
 
 def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig, mask_id: int, seed: int):
@@ -37,14 +40,24 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
     rescue_ratio = None if cfg.rescue_ratio is None else torch.tensor(cfg.rescue_ratio, dtype=torch.float32)
     phase1_threshold = None if cfg.phase1_threshold is None else torch.tensor(cfg.phase1_threshold, dtype=torch.float32)
 
+    def history_now():
+        if H == 0:
+            return None
+        ids = torch.full((1, H, L), mask_id, dtype=torch.int64, device=x.device)
+        for d, state in enumerate(history):
+            ids[0, d] = state
+        return ids, torch.tensor([len(history)], device=x.device)
+
     def logits_now():  # [L, V] for the current canvas and history
-        hist = None
-        if H > 0:
-            ids = torch.full((1, H, L), mask_id, dtype=torch.int64, device=x.device)
-            for d, state in enumerate(history):
-                ids[0, d] = state
-            hist = (ids, torch.tensor([len(history)], device=x.device))
-        return decoder_logits(rm, x[None], attn, gen[None], hist, cfg, mask_id, kernels="reference")[0]
+        if cfg.fused_head:  # the float32 logits of the LM head's input (docs/spec.md §9), materialised
+            h, w, bias, V = decoder_hidden(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")
+            return linear_logits_reference(h[0], w, bias, V, cfg.suppress_tokens)
+        return decoder_logits(rm, x[None], attn, gen[None], history_now(), cfg, mask_id, kernels="reference")[0]
+
+    cache = None
+    if cfg.cache != "none":  # docs/spec.md §8: the row's generated positions are one run [first, first + n_gen)
+        first = int(torch.arange(L)[gen.cpu()].min()) if bool(gen.any()) else 0
+        cache = RowCacheReference(rm, cfg, mask_id, first, int(gen.sum()), canvas.block_len)
 
     def stats_now():
         logits = logits_now()
@@ -54,7 +67,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
             raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
         return out
 
-    # 0. two-phase editing, phase 1 (SPEC §10): re-mask the visible generated tokens the model
+    # 0. two-phase editing, phase 1 (docs/spec.md §10): re-mask the visible generated tokens the model
     # doubts strongly (p(mask) > threshold and p(mask) > p(token)); nothing is revealed
     if phase1_threshold is not None and int(canvas.n_blocks[b]) > 0:
         for _ in range(cfg.phase1_steps):
@@ -79,11 +92,25 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
 
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
+        if cfg.edit_scope == "block":  # only the active block
+            editable &= rank >= block * canvas.block_len
         rescues = 0
         n_start = int((editable & (x == mask_id)).sum())  # masked when the block starts (schedule's n)
         T = cfg.schedule_steps or int(canvas.steps_per_block[b])
-        for s in range(int(canvas.steps_per_block[b])):
-            top_id, top_p, mask_p, cur_p, best_id, best_p, status = stats_now()
+        for j in range(int(canvas.steps_per_block[b])):
+            if cache is None:  # every position, from a full forward
+                positions, logits = torch.arange(L, device=x.device), logits_now()
+            else:  # the span (a refresh is a full forward that refills the cache)
+                positions, logits = cache.logits(x, attn, gen, history_now(), block, refresh_due(j, cfg))
+            counters = step * COUNTER_STRIDE + positions
+            stats = rm_stats_reference(logits, x[positions], mask_id, temperature=cfg.temperature, seed=seed,
+                                       offset=counters)
+            if bool((stats[6] != 0).any()):
+                raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+            # per position of the row (a cached span covers the active block, the only editable part)
+            assert set(torch.arange(L)[editable.cpu()].tolist()) <= set(positions.tolist())
+            top_id, top_p, mask_p, cur_p, best_id, best_p = (
+                torch.zeros(L, dtype=v.dtype, device=x.device).index_copy(0, positions, v) for v in stats[:6])
 
             # 1. reveal: masked editable positions whose candidate is not the mask
             candidates = []  # (probability, position, token)
@@ -96,7 +123,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
             ranked = sorted(candidates, key=lambda c: (-float(c[0]), c[1]))  # ties: lowest position
             if cfg.schedule is not None:  # k from the schedule: the masked positions above its target
                 masked_now = int((editable & (x == mask_id)).sum())
-                revealed = ranked[: int(reveal_count(masked_now, n_start, s, T, cfg.schedule))]
+                revealed = ranked[: int(reveal_count(masked_now, n_start, j, T, cfg.schedule))]
             elif cfg.reveal == "topk":
                 revealed = ranked[: cfg.reveal_per_step]
             elif cfg.reveal == "threshold":

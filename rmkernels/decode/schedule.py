@@ -1,4 +1,4 @@
-"""Unmasking schedules of the two-phase editing decode (SPEC §10).
+"""Unmasking schedules of the two-phase editing decode (docs/spec.md §10).
 
 A schedule fixes how many of the ``n`` positions that are masked when a block's unmasking starts
 are still masked after step ``t`` of ``T``:

@@ -11,7 +11,28 @@ import torch
 
 
 def trajectory_events(trajectory: torch.Tensor, mask_id: int):
-    """``(revealed, remasked)``, each ``[T, B, L]`` bool: at step t a position went M -> token or token -> M."""
+    """Where each step revealed and re-masked.
+
+    Parameters
+    ----------
+    trajectory : Tensor ``[T + 1, B, L]``
+        Canvases (``DecodeOutput.trajectory``).
+    mask_id : int
+        The mask token id.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``revealed``, ``remasked``, each bool ``[T, B, L]``: at step ``t`` a position went
+        ``M -> token`` / ``token -> M``.
+
+    Example
+    -------
+    >>> traj = torch.tensor([[[9, 1]], [[3, 9]], [[3, 1]]])    # [T + 1 = 3, B = 1, L = 2], mask 9
+    >>> revealed, remasked = trajectory_events(traj, 9)
+    >>> revealed[:, 0].tolist(), remasked[:, 0].tolist()
+    ([[True, False], [False, True]], [[False, True], [False, False]])
+    """
     prev, cur = trajectory[:-1], trajectory[1:]
     revealed = (prev == mask_id) & (cur != mask_id)
     remasked = (prev != mask_id) & (cur == mask_id)
@@ -20,6 +41,8 @@ def trajectory_events(trajectory: torch.Tensor, mask_id: int):
 
 @dataclass
 class ReplayStats:
+    """Per-row event counts of a decoding trajectory (:func:`replay_statistics`)."""
+
     reveals: torch.Tensor  # [B] int64: reveals per row
     remasks: torch.Tensor  # [B] int64: re-masks per row
     replays: torch.Tensor  # [B] int64: reveals that put back a value earlier re-masked at that cell
@@ -31,10 +54,28 @@ class ReplayStats:
 
 
 def replay_statistics(trajectory: torch.Tensor, mask_id: int) -> ReplayStats:
-    """Count reveals, re-masks and replays (SPEC §5) per row of a trajectory ``[T + 1, B, L]``.
+    """Count reveals, re-masks and replays (docs/spec.md §5) per row of a trajectory ``[T + 1, B, L]``.
 
     A replay is a reveal at a cell of a value that was re-masked at that same cell at an earlier
     step: the decoder repeating a mistake it had already withdrawn.
+
+    Parameters
+    ----------
+    trajectory : Tensor ``[T + 1, B, L]``
+        Canvases (``DecodeOutput.trajectory``).
+    mask_id : int
+        The mask token id.
+
+    Returns
+    -------
+    ReplayStats
+        ``reveals``, ``remasks``, ``replays`` per row (int64 ``[B]``) and ``replay_rate``.
+
+    Example
+    -------
+    >>> traj = torch.tensor([[[1]], [[9]], [[1]]])            # 1 -> M -> 1 at one cell, mask 9
+    >>> replay_statistics(traj, 9).replay_rate
+    1.0
     """
     traj = trajectory.to(torch.int64)
     T1, B, L = traj.shape

@@ -3,32 +3,20 @@
 ``<path>.safetensors`` holds the model tensors (``model.*``) and, for History Reference variants,
 the HER LayerNorm (``history_norm.weight`` / ``.bias``); ``<path>.json`` next to it holds the model
 config, the decoding settings of the variant, seeds, commands and wall time. Writes are atomic
-(temporary file + rename), so a reader never sees a half-written checkpoint.
+(:func:`rmkernels._utils.atomic_write`), so a reader never sees a half-written checkpoint. Every
+task's TinyMDM checkpoints use this module (Sudoku through :mod:`rmkernels.tasks.sudoku.checkpoint`,
+which adds the default config of its first files; the digit images directly).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
+from rmkernels._utils import atomic_write
 from rmkernels.history import HistoryNorm
 from rmkernels.models import TinyMDM, TinyMDMConfig
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints ship as package data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _stem(path: str) -> str:
@@ -37,7 +25,29 @@ def _stem(path: str) -> str:
 
 def save_checkpoint(path: str, model: TinyMDM, metadata: dict | None = None,
                     history_norm: HistoryNorm | None = None, dtype: torch.dtype = torch.float32) -> str:
-    """Write ``<stem>.safetensors`` (tensors stored in ``dtype``) and ``<stem>.json``; returns the .safetensors path."""
+    """Write ``<stem>.safetensors`` (tensors stored in ``dtype``) and ``<stem>.json``, atomically.
+
+    Parameters
+    ----------
+    path : str
+        ``<stem>.safetensors`` or ``<stem>``.
+    model : TinyMDM
+    metadata : dict, optional
+        JSON-serialisable; the model config is added.
+    history_norm : HistoryNorm, optional
+    dtype : torch.dtype
+        Storage dtype of the tensors.
+
+    Returns
+    -------
+    str
+        The ``.safetensors`` path.
+
+    Example
+    -------
+    >>> save_checkpoint("runs/x/model.safetensors", model, {"variant": "full"}, norm)  # doctest: +SKIP
+    'runs/x/model.safetensors'
+    """
     from safetensors.torch import save_file
 
     stem = _stem(path)
@@ -49,15 +59,34 @@ def save_checkpoint(path: str, model: TinyMDM, metadata: dict | None = None,
     meta["model_config"] = model.config.to_dict()
     if history_norm is not None:
         meta["history_norm_eps"] = history_norm.eps
-    _atomic_write(stem + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    _atomic_write(stem + ".json", lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(stem + ".safetensors", lambda tmp: save_file(tensors, tmp))
+    atomic_write(stem + ".json", json.dumps(meta, indent=2) + "\n")
     return stem + ".safetensors"
 
 
 def load_checkpoint(path: str, device="cpu", default_config: TinyMDMConfig | None = None):
-    """Returns ``(model, history_norm or None, metadata)``; the model is float32 in eval mode.
+    """Load a checkpoint written by :func:`save_checkpoint`.
 
-    ``default_config``: the model config of files whose metadata holds none (else they are refused)."""
+    Parameters
+    ----------
+    path : str
+        ``<stem>.safetensors`` (or ``<stem>``); ``<stem>.json`` next to it holds the metadata.
+    device : str or torch.device
+    default_config : TinyMDMConfig, optional
+        The model config of files whose metadata holds none (without it they are refused).
+
+    Returns
+    -------
+    (TinyMDM, HistoryNorm or None, dict)
+        The model (float32, eval mode), its HER LayerNorm, the metadata.
+
+    Example
+    -------
+    >>> from rmkernels.tasks.image.evaluate import checkpoint_path  # doctest: +SKIP
+    >>> model, norm, meta = load_checkpoint(checkpoint_path("full"))  # doctest: +SKIP
+    >>> meta["variant"], norm is not None  # doctest: +SKIP
+    ('full', True)
+    """
     from safetensors.torch import load_file
 
     stem = _stem(path)
@@ -92,7 +121,27 @@ def load_checkpoint(path: str, device="cpu", default_config: TinyMDMConfig | Non
 def export_checkpoint(src: str, dst: str, dtype: torch.dtype = torch.float16, extra: dict | None = None,
                       default_config: TinyMDMConfig | None = None) -> str:
     """Re-save a checkpoint (e.g. a training run's) with tensors stored in ``dtype`` and ``extra``
-    metadata merged in; returns the new .safetensors path."""
+    metadata merged in.
+
+    Parameters
+    ----------
+    src, dst : str
+        Source and destination checkpoint paths.
+    dtype : torch.dtype
+    extra : dict, optional
+    default_config : TinyMDMConfig, optional
+        As in :func:`load_checkpoint`.
+
+    Returns
+    -------
+    str
+        The new ``.safetensors`` path.
+
+    Example
+    -------
+    >>> export_checkpoint("runs/image/full/model.safetensors", "image_full.safetensors")  # doctest: +SKIP
+    'image_full.safetensors'
+    """
     model, norm, meta = load_checkpoint(src, default_config=default_config)
     meta.update(extra or {}, stored_dtype=str(dtype).replace("torch.", ""))
     return save_checkpoint(dst, model, meta, history_norm=norm, dtype=dtype)

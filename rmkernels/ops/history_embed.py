@@ -1,4 +1,4 @@
-"""History Reference input embeddings (SPEC §3): fused kernels and the public entry point.
+"""History Reference input embeddings (docs/spec.md §3): fused kernels and the public entry point.
 
 Implementations
 ---------------
@@ -22,21 +22,13 @@ import math
 
 import torch
 
-from rmkernels._ext import _C, extension_available, require_extension
+from rmkernels._ext import extension_available
 from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_same_device, check_tensor, resolve_impl
 from rmkernels.reference.history import her_rotation, her_weights, history_embed_reference
 
 __all__ = ["extension_available", "history_embed"]
 
 WEIGHT_DTYPES = FLOAT_DTYPES + (torch.float64,)
-
-def _resolve(impl: str, device: torch.device) -> str:
-    if impl == "auto" and not extension_available(device):
-        return "reference"
-    impl = resolve_impl(impl, device, "ext")
-    if impl == "ext":
-        require_extension(impl, device)
-    return impl
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +87,7 @@ def _backward(ctx, grad):
     return keep(need[0], gw), None, None, None, None, None, None, None, keep(need[8], glw), keep(need[9], glb), None
 
 
-if _C is not None:
+if extension_available("cpu"):  # the extension is loaded: its schemas exist
     torch.library.register_fake("rmkernels::history_embed")(_fake_forward)
     torch.library.register_fake("rmkernels::history_embed_backward")(_fake_backward)
     torch.library.register_autograd("rmkernels::history_embed", _backward, setup_context=_setup_context)
@@ -166,7 +158,7 @@ def history_embed(
     check: bool = True,
     impl: str = "auto",
 ) -> torch.Tensor:  # [B, L, D] in weight.dtype
-    """History Reference input embeddings (SPEC §3), fused.
+    """History Reference input embeddings (docs/spec.md §3), fused.
 
     ``E[input_ids] + LayerNorm(sum_d w_d * Rot_d(E[h_d]) * g)`` on rows with ``history_len >= 1``,
     plain ``E[input_ids]`` on rows with none.
@@ -198,18 +190,33 @@ def history_embed(
         synchronisation; pass ``check=False`` in decoding loops and CUDA graphs: the CUDA kernel
         then writes NaN rows for positions with an out-of-range id or length and never reads out of
         bounds. The CPU kernel always validates (the check is free there).
-    impl : {"auto", "ext", "reference"}
-        ``"auto"``: the ``rmkernels._C`` kernel when it is built for the tensors' device, else the
-        eager reference.
+    impl : {"auto", "triton", "ext", "reference"}
+        ``"ext"``: the ``rmkernels._C`` kernel (C++ on CPU tensors, CUDA on CUDA tensors when built
+        with CUDA). ``"reference"``: the eager definition. ``"auto"``: the extension where it can run,
+        else the reference. ``"triton"`` raises ``ValueError``: this op has no Triton kernel
+        (``generate`` / the trainer fall back to ``"auto"`` instead).
 
     Returns
     -------
-    Tensor ``[B, L, D]`` in ``weight.dtype``; differentiable with respect to ``weight`` (scatter-add),
-    ``ln_weight`` and ``ln_bias``.
+    Tensor
+        ``[B, L, D]`` in ``weight.dtype``; differentiable with respect to ``weight`` (scatter-add),
+        ``ln_weight`` and ``ln_bias``.
+
+    Example
+    -------
+    >>> from rmkernels import HistoryBuffer, HistoryNorm
+    >>> E = torch.randn(100, 64)                                # the model's embedding table [V, D]
+    >>> buf, norm = HistoryBuffer(2, 10, 6), HistoryNorm(64)
+    >>> x_prev = torch.randint(0, 100, (2, 10)); x = x_prev.clone(); x[:, 0] = 99
+    >>> buf.push(x_prev, (x != x_prev).any(1))                 # after a decoding step changed x
+    >>> gen = torch.ones(2, 10, dtype=torch.bool)               # generated positions
+    >>> emb = history_embed(E, x, buf.ids, buf.lengths, gen, ln_weight=norm.weight, ln_bias=norm.bias)
+    >>> emb.shape                                               # model(inputs_embeds=emb)
+    torch.Size([2, 10, 64])
     """
     decay, eps = float(decay), float(eps)
     _check_args(weight, input_ids, history_ids, history_len, token_mask, ln_weight, ln_bias, decay, eps)
-    impl = _resolve(impl, weight.device)
+    impl = resolve_impl("history_embed", impl, weight.device)
     V, D = weight.shape
     H = history_ids.shape[1]
     if check and not (impl == "ext" and weight.device.type == "cpu"):

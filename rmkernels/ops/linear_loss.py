@@ -1,4 +1,4 @@
-"""Chunked LM head + Reflective Masking loss: the ``[N, V]`` logits are never materialised (SPEC §4).
+"""Chunked LM head + Reflective Masking loss: the ``[N, V]`` logits are never materialised (docs/spec.md §4).
 
 Rows are processed in chunks of ``C`` (the scheme of Liger's fused linear cross-entropy)::
 
@@ -19,16 +19,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from rmkernels._utils import FLOAT_DTYPES, check_same_device, check_tensor, resolve_impl, triton_interpret
-from rmkernels.ops.rm_loss import (
-    _check_targets,
-    _check_weights,
-    _part_means,
-    _row_weights,
-    _total,
-    _validate_rows,
-)
-from rmkernels.reference.loss import RMLoss, rm_linear_loss_reference
+from rmkernels._utils import FLOAT_DTYPES, check_same_device, check_tensor, resolve_impl
+from rmkernels.ops.loss_utils import check_targets, check_weights, part_means, row_weights, validate_rows, weighted_total
+from rmkernels.reference.loss import RMLoss
 
 __all__ = ["rm_linear_loss"]
 
@@ -86,7 +79,7 @@ class _LinearRMLoss(torch.autograd.Function):
         ctx.mark_non_differentiable(ce)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return _total(ce, w_row), ce
+        return weighted_total(ce, w_row), ce
 
     @staticmethod
     def backward(ctx, grad_total, grad_ce):
@@ -146,10 +139,13 @@ def rm_linear_loss(
     check : bool
         As in :func:`rmkernels.rm_loss` (one host synchronisation; ``ValueError`` on bad labels /
         part ids / no non-ignored position / zero total weight).
-    impl : {"auto", "triton", "torch", "reference"}
-        ``"triton"``: chunked, fused Triton loss kernel. ``"torch"``: chunked, eager torch loss per
-        chunk (float32 work buffer per chunk). ``"reference"``: materialised logits. ``"auto"``:
-        Triton on CUDA tensors (and on CPU when ``TRITON_INTERPRET=1``), else ``"torch"``.
+    impl : {"auto", "triton", "ext", "reference"}
+        ``"triton"``: chunked, with the fused Triton loss kernel per chunk (CUDA tensors; CPU
+        tensors in the interpreter, ``TRITON_INTERPRET=1``). ``"reference"``: chunked, with the
+        eager torch loss per chunk (a float32 work buffer per chunk): the CPU path, equal to the
+        definition :func:`rmkernels.reference.loss.rm_linear_loss_reference` (which materialises
+        the logits; the tests' oracle). ``"auto"``: Triton where it can run, else the reference.
+        ``"ext"`` raises ``ValueError``: this op has no extension kernel.
     block_v : int, optional
         Tuning override: vocabulary tile width of the Triton kernel.
 
@@ -161,13 +157,23 @@ def rm_linear_loss(
         The gradients are computed during the forward (when any input requires grad) and held
         until the backward, which scales them in place: one backward per graph. ``grad_W`` is
         accumulated over chunks in ``lm_weight``'s dtype, as in Liger.
+
+    Example
+    -------
+    >>> hidden = torch.randn(2, 8, 32, requires_grad=True)    # [B, L, D] final hidden states
+    >>> lm_weight = torch.randn(1000, 32, requires_grad=True)  # [V, D]
+    >>> labels, part = torch.randint(0, 1000, (2, 8)), torch.zeros(2, 8, dtype=torch.long)
+    >>> out = rm_linear_loss(hidden, lm_weight, labels, part, chunk_size=4)
+    >>> out.total.backward()                                   # grads of hidden and lm_weight
+    >>> hidden.grad.shape
+    torch.Size([2, 8, 32])
     """
     check_tensor("hidden", hidden, dtypes=FLOAT_DTYPES, min_ndim=1)
     check_tensor("lm_weight", lm_weight, dtypes=FLOAT_DTYPES, ndim=2)
     if lm_bias is not None:
         check_tensor("lm_bias", lm_bias, dtypes=FLOAT_DTYPES, ndim=1)
     check_same_device(hidden=hidden, lm_weight=lm_weight, lm_bias=lm_bias)
-    _check_targets("hidden", hidden, labels, part)
+    check_targets("hidden", hidden, labels, part)
     V, D = lm_weight.shape
     if hidden.shape[-1] != D:
         raise ValueError(f"lm_weight shape {tuple(lm_weight.shape)} must be [V, D] with D = hidden.shape[-1] = {hidden.shape[-1]}")
@@ -175,7 +181,7 @@ def rm_linear_loss(
         raise ValueError("lm_weight has an empty vocabulary dimension (V == 0)")
     if lm_bias is not None and tuple(lm_bias.shape) != (V,):
         raise ValueError(f"lm_bias shape {tuple(lm_bias.shape)} must be [V] = ({V},)")
-    weights = _check_weights(weights)
+    weights = check_weights(weights)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     device = hidden.device
@@ -187,20 +193,14 @@ def rm_linear_loss(
         for name, t in (("lm_weight", lm_weight), ("lm_bias", lm_bias)):
             if t is not None and t.dtype != hidden.dtype:
                 raise ValueError(f"{name} dtype {t.dtype} must equal hidden dtype {hidden.dtype} (or run under autocast)")
-    if impl == "auto" and device.type != "cuda" and not triton_interpret():
-        impl = "torch"
-    impl = resolve_impl(impl, device, "triton", allowed=("reference", "torch"))
-    w_row = _row_weights(part, weights)
-    if check or impl == "reference":
-        _validate_rows(labels, part, w_row, V, weights)
-    if impl == "reference":
-        out = rm_linear_loss_reference(hidden, lm_weight, labels, part, lm_bias, weights)
-        return RMLoss(out.total, *(p.detach() for p in out[1:]))
-
+    impl = resolve_impl("rm_linear_loss", impl, device)
+    w_row = row_weights(part, weights)
+    if check:  # both chunked paths bound-check labels themselves: unchecked bad rows give NaN
+        validate_rows(labels, part, w_row, V, weights)
     N = labels.numel()
     chunk = chunk_size or _default_chunk(N, V, D)
     chunk_fn = _chunk_triton if impl == "triton" else _chunk_torch
     total, ce = _LinearRMLoss.apply(
         hidden.reshape(N, D), lm_weight, lm_bias, labels.reshape(-1), part.reshape(-1), w_row, chunk, chunk_fn, block_v or 0
     )
-    return RMLoss(total, *_part_means(ce, part))
+    return RMLoss(total, *part_means(ce, part))

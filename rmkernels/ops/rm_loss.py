@@ -1,4 +1,4 @@
-"""Fused Reflective Masking loss (SPEC §4): weighted cross-entropy with reveal / mask / keep parts.
+"""Fused Reflective Masking loss (docs/spec.md §4): weighted cross-entropy with reveal / mask / keep parts.
 
 Kernel layout
 -------------
@@ -22,9 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_same_device, check_tensor, resolve_impl
+from rmkernels._utils import FLOAT_DTYPES, check_tensor, resolve_impl
 from rmkernels.ops._rows import pick_block, row_base, row_layout
-from rmkernels.reference.loss import PART_KEEP, PART_MASK, PART_REVEAL, RMLoss, rm_loss_reference
+from rmkernels.ops.loss_utils import check_targets, check_weights, part_means, row_weights, validate_rows, weighted_total
+from rmkernels.reference.loss import RMLoss, rm_loss_reference
 
 __all__ = ["RMLoss", "rm_loss"]
 
@@ -155,7 +156,7 @@ def _rm_ce_bwd(
     if N:
         block = block_v if block_v > 0 else pick_block(V)
         _rm_ce_bwd_kernel[(N,)](
-            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse,
+            z, labels.reshape(-1).contiguous(), part.reshape(-1).contiguous(), lse.reshape(-1).contiguous(),
             grad_ce.float().contiguous(), dz, V, L1, st0, st1,
             BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
         )
@@ -193,72 +194,6 @@ def _(logits, labels, part, coef, block_v):
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation and reduction (shared with rmkernels.ops.linear_loss)
-# ----------------------------------------------------------------------------------------------
-def _check_weights(weights) -> tuple[float, float, float]:
-    try:
-        w = tuple(float(x) for x in weights)
-    except (TypeError, ValueError):
-        raise ValueError(f"weights must be a sequence of 3 numbers (reveal, mask, keep), got {weights!r}") from None
-    if len(w) != 3:
-        raise ValueError(f"weights must hold 3 numbers (reveal, mask, keep), got {len(w)}")
-    if not all(0.0 <= x < float("inf") for x in w):
-        raise ValueError(f"weights must be finite and >= 0, got {w}")
-    if sum(w) == 0.0:
-        raise ValueError("weights are all zero: the loss would be 0 / 0")
-    return w
-
-
-def _check_targets(name: str, x: torch.Tensor, labels, part) -> None:
-    """Static checks: integer ``labels`` / ``part`` shaped ``x.shape[:-1]`` on ``x``'s device."""
-    check_tensor("labels", labels, dtypes=INT_DTYPES)
-    check_tensor("part", part, dtypes=INT_DTYPES)
-    check_same_device(**{name: x, "labels": labels, "part": part})
-    for arg, t in (("labels", labels), ("part", part)):
-        if tuple(t.shape) != tuple(x.shape[:-1]):
-            raise ValueError(f"{arg} shape {tuple(t.shape)} must equal {name}.shape[:-1] = {tuple(x.shape[:-1])}")
-
-
-def _row_weights(part: torch.Tensor, weights) -> torch.Tensor:
-    """``w[part_i]`` as float32 ``[N]``: 0 for ignored rows, NaN for unknown part ids."""
-    pt = part.reshape(-1).long()  # uint8 ids must not wrap in the comparisons
-    w = torch.where(pt == -1, 0.0, float("nan"))  # python scalars: no host-to-device copy
-    for k in (PART_REVEAL, PART_MASK, PART_KEEP):
-        w = torch.where(pt == k, weights[k], w)
-    return w
-
-
-def _validate_rows(labels: torch.Tensor, part: torch.Tensor, w_row: torch.Tensor, V: int, weights) -> None:
-    """Data checks on ``labels`` / ``part`` (one host synchronisation); raises ValueError."""
-    y = labels.reshape(-1).long()
-    pt = part.reshape(-1).long()
-    unknown = (pt < -1) | (pt > PART_KEEP)
-    active = pt >= 0
-    bad_label = active & ((y < 0) | (y >= V))
-    flags = torch.stack([unknown.any(), active.any(), bad_label.any(), w_row.sum() > 0]).tolist()
-    first = lambda m: torch.nonzero(m).flatten()[:5].tolist()  # noqa: E731
-    if flags[0]:
-        raise ValueError(f"part holds ids outside {{-1, 0, 1, 2}} (first bad flattened positions: {first(unknown)})")
-    if not flags[1]:
-        raise ValueError("part marks no position for the loss (all -1 or empty): missing answer positions")
-    if flags[2]:
-        raise ValueError(f"labels holds ids outside [0, V={V}) at non-ignored positions (first: {first(bad_label)})")
-    if not flags[3]:
-        raise ValueError(f"weights={tuple(weights)} give zero total weight to the non-ignored positions")
-
-
-def _total(ce: torch.Tensor, w_row: torch.Tensor) -> torch.Tensor:
-    """``sum_i w_i CE_i / sum_i w_i`` (differentiable in ``ce``)."""
-    return (w_row * ce).sum() / w_row.sum()
-
-
-def _part_means(ce: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """Mean CE of the reveal / mask / keep positions, ``[3]`` (0 for an absent part)."""
-    sel = (part.reshape(-1, 1).long() == torch.arange(3, device=ce.device)).float()  # [N, 3]
-    return (ce @ sel) / sel.sum(0).clamp(min=1.0)
-
-
-# ----------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------
 def rm_loss(
@@ -271,7 +206,7 @@ def rm_loss(
     impl: str = "auto",
     block_v: int | None = None,
 ) -> RMLoss:
-    """Reflective Masking post-training loss from logits (SPEC §4), fused cross-entropy kernel.
+    """Reflective Masking post-training loss from logits (docs/spec.md §4), fused cross-entropy kernel.
 
     ``total = sum_i w[part_i] * CE_i / sum_i w[part_i]`` over the positions with ``part_i >= 0``;
     ``reveal``, ``mask``, ``keep`` are the mean CE over each part's own positions (0 when absent).
@@ -293,8 +228,11 @@ def rm_loss(
         synchronisation; raises ``ValueError``. With ``check=False`` (CUDA graphs, torch.compile)
         the kernel still never reads out of bounds: bad positions make the loss NaN. The reference
         path always validates. NaN in the logits is not checked; it propagates to the loss.
-    impl : {"auto", "triton", "reference"}
-        ``"auto"``: Triton on CUDA tensors (and on CPU when ``TRITON_INTERPRET=1``), else reference.
+    impl : {"auto", "triton", "ext", "reference"}
+        ``"triton"``: the fused Triton kernel (CUDA tensors; CPU tensors in the interpreter,
+        ``TRITON_INTERPRET=1``). ``"reference"``: the eager definition. ``"auto"``: Triton where it
+        can run, else the reference. ``"ext"`` raises ``ValueError``: this op has no extension kernel
+        (``generate`` / the trainer fall back to ``"auto"`` instead).
     block_v : int, optional
         Tuning override: vocabulary tile width of the kernel.
 
@@ -304,18 +242,29 @@ def rm_loss(
         ``(total, reveal, mask, keep)``, float32 scalars. Gradients flow from all four to
         ``logits``; the backward kernel writes ``dlogits`` (contiguous, ``logits.dtype``) from the
         saved per-row log-sum-exp, recomputing the softmax from the logits.
+
+    Example
+    -------
+    >>> logits = torch.randn(4, 16, 50, requires_grad=True)   # [B, L, V]
+    >>> labels = torch.randint(0, 50, (4, 16))
+    >>> part = torch.randint(-1, 3, (4, 16))                   # -1 ignore, 0 reveal, 1 mask, 2 keep
+    >>> part[0, 0] = 0
+    >>> out = rm_loss(logits, labels, part, weights=(1.0, 1.0, 4.0))
+    >>> out.total.backward()
+    >>> bool(out.keep >= 0)
+    True
     """
     check_tensor("logits", logits, dtypes=FLOAT_DTYPES, min_ndim=1)
-    _check_targets("logits", logits, labels, part)
+    check_targets("logits", logits, labels, part)
     V = logits.shape[-1]
     if V == 0:
         raise ValueError("logits has an empty vocabulary dimension (V == 0)")
-    weights = _check_weights(weights)
-    impl = resolve_impl(impl, logits.device, "triton")
-    w_row = _row_weights(part, weights)
+    weights = check_weights(weights)
+    impl = resolve_impl("rm_loss", impl, logits.device)
+    w_row = row_weights(part, weights)
     if check or impl == "reference":
-        _validate_rows(labels, part, w_row, V, weights)
+        validate_rows(labels, part, w_row, V, weights)
     if impl == "reference":
         return rm_loss_reference(logits, labels, part, weights)
     ce, _ = torch.ops.rmkernels.rm_ce_fwd(logits, labels, part, block_v or 0)
-    return RMLoss(_total(ce, w_row), *_part_means(ce, part))
+    return RMLoss(weighted_total(ce, w_row), *part_means(ce, part))

@@ -1,4 +1,4 @@
-"""Fused Reflective Masking statistics: one read of the logits per position (SPEC §1).
+"""Fused Reflective Masking statistics: one read of the logits per position (docs/spec.md §1).
 
 Kernel layout
 -------------
@@ -21,16 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rmkernels._ext import extension_available, require_extension
-from rmkernels._utils import (
-    FLOAT_DTYPES,
-    INT_DTYPES,
-    check_index,
-    check_same_device,
-    check_tensor,
-    resolve_impl,
-    triton_interpret,
-)
+from rmkernels._utils import FLOAT_DTYPES, INT_DTYPES, check_index, check_same_device, check_tensor, resolve_impl
 from rmkernels.ops._rows import pick_block, row_base, row_layout
 from rmkernels.ops._triton_rng import gumbel, row_key
 from rmkernels.reference.rm_stats import (
@@ -69,7 +60,7 @@ class RMStats(NamedTuple):
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _score(z, cols, inv_temp, rkey, SAMPLE: tl.constexpr):
+def candidate_score(z, cols, inv_temp, rkey, SAMPLE: tl.constexpr):
     """The candidate score: the logit, or the Gumbel-perturbed logit / temperature."""
     if SAMPLE:
         return z * inv_temp + gumbel(rkey, cols)
@@ -101,7 +92,7 @@ def _scan_slice(base, col_start, col_end, mask_id, inv_temp, rkey, SAMPLE: tl.co
         gt = z > m_vec
         s_vec = tl.where(gt, s_vec * e + 1.0, s_vec + e)
         m_vec = tl.where(gt, z, m_vec)
-        score = tl.where(valid & (cols != mask_id), _score(z, cols, inv_temp, rkey, SAMPLE), NEG_INF)
+        score = tl.where(valid & (cols != mask_id), candidate_score(z, cols, inv_temp, rkey, SAMPLE), NEG_INF)
         up = score > best_val  # strict: the first (lowest) id of a lane keeps a tie
         best_val = tl.where(up, score, best_val)
         best_idx = tl.where(up, cols, best_idx)
@@ -131,7 +122,7 @@ def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
     bad = status != 0
     z_mask = tl.load(base + mask_id).to(tl.float32)
     # the full-vocabulary candidate: the mask when its score beats the best other column (ties: lower id)
-    s_mask = _score(z_mask, mask_id, inv_temp, rkey, SAMPLE)
+    s_mask = candidate_score(z_mask, mask_id, inv_temp, rkey, SAMPLE)
     mask_wins = (s_mask > bv) | ((s_mask == bv) & (mask_id < bi))
     ti = tl.where(mask_wins, mask_id, bi)
     inv_s = 1.0 / s
@@ -148,7 +139,7 @@ def _finalize(base, x_ptr, row, V, mask_id, m, s, bv, bi, inv_temp, rkey,
     tl.store(status_ptr + row, status)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_fused_kernel(
     z_ptr, x_ptr, ctr_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -163,7 +154,7 @@ def _rm_stats_fused_kernel(
               top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr, SAMPLE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_partial_kernel(
     z_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     V, L1, stride0, stride1, mask_id, inv_temp, seed_key, CHUNK, S,
@@ -183,7 +174,7 @@ def _rm_stats_partial_kernel(
     tl.store(part_i_ptr + slot, bi)  # [N, S] int32: best id
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_id", "seed_key"])
 def _rm_stats_reduce_kernel(
     z_ptr, x_ptr, ctr_ptr, part_f_ptr, part_i_ptr,
     top_id_ptr, top_p_ptr, mask_p_ptr, cur_p_ptr, best_id_ptr, best_p_ptr, status_ptr,
@@ -251,7 +242,11 @@ def _rm_stats_triton(
     V = logits.shape[-1]
     z, N, L1, st0, st1 = row_layout(logits)
     device = logits.device
-    x = tokens.reshape(-1)
+    # the kernels index tokens and counters as contiguous [N] vectors: a strided view (tokens[:, ::2],
+    # x[:, 0]) keeps its strides through reshape(-1), so normalise (N elements, nothing next to the
+    # N x V logits)
+    x = tokens.reshape(-1).contiguous()
+    counters = counters.reshape(-1).contiguous()
     outs = _alloc_outputs(N, device)
     if N == 0:
         return outs
@@ -303,17 +298,6 @@ def _raise_on_status(status: torch.Tensor) -> None:
     raise ValueError(f"logits has rows that are entirely -inf (first bad flattened rows: {rows(STATUS_ALL_NEG_INF)})")
 
 
-def _resolve(impl: str, device: torch.device) -> str:
-    if impl == "auto" and device.type == "cpu" and not triton_interpret():
-        return "cpp" if extension_available(device) else "reference"
-    impl = resolve_impl(impl, device, "triton", allowed=("reference", "cpp"))
-    if impl == "cpp":
-        if device.type != "cpu":
-            raise ValueError(f"impl='cpp' runs on CPU tensors only, got device {device}")
-        require_extension(impl, device)
-    return impl
-
-
 def rm_stats(
     logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -327,7 +311,7 @@ def rm_stats(
     split: int | None = None,
     block_v: int | None = None,
 ) -> RMStats:
-    """Per-position Reflective Masking statistics in one pass over the logits (SPEC §1).
+    """Per-position Reflective Masking statistics in one pass over the logits (docs/spec.md §1).
 
     Parameters
     ----------
@@ -351,9 +335,12 @@ def rm_stats(
         single pass (no extra read of the logits); ``check=True`` costs one host synchronisation to
         inspect them and raises ``ValueError``. With ``check=False`` (CUDA graphs, torch.compile,
         decoding loops) bad rows get ids ``-1`` and probabilities NaN, never an out-of-bounds read.
-    impl : {"auto", "triton", "cpp", "reference"}
-        ``"auto"``: Triton on CUDA tensors (and on CPU tensors when ``TRITON_INTERPRET=1``); on CPU
-        otherwise the C++ kernel of ``rmkernels._C`` when built, else the eager reference.
+    impl : {"auto", "triton", "ext", "reference"}
+        ``"triton"``: the Triton kernel (CUDA tensors; CPU tensors in the interpreter,
+        ``TRITON_INTERPRET=1``). ``"ext"``: the C++ CPU kernel of ``rmkernels._C``. ``"reference"``:
+        the eager definition. ``"auto"``: the first of Triton, ext, reference that can run on the
+        tensors' device (``rmkernels._utils.IMPL_TABLE``). A kernel that cannot run there raises
+        ``ValueError``.
     split, block_v : int, optional
         Tuning overrides: number of vocabulary slices per row (1 = single pass) and tile width.
 
@@ -361,6 +348,15 @@ def rm_stats(
     -------
     RMStats
         ``top_id, top_p, mask_p, cur_p, best_id, best_p`` shaped like ``tokens``.
+
+    Example
+    -------
+    >>> logits = torch.randn(2, 5, 100)                      # [B, L, V]
+    >>> tokens = torch.randint(0, 100, (2, 5))
+    >>> st = rm_stats(logits, tokens, mask_id=99)
+    >>> remask = (tokens != 99) & (st.mask_p > st.cur_p)     # the RM re-mask rule, docs/spec.md §2
+    >>> st.top_id.shape
+    torch.Size([2, 5])
     """
     check_tensor("logits", logits, dtypes=FLOAT_DTYPES, min_ndim=1)
     check_tensor("tokens", tokens, dtypes=INT_DTYPES)
@@ -381,12 +377,12 @@ def rm_stats(
             raise ValueError(f"offset tensor shape {tuple(offset.shape)} must equal tokens shape {tuple(tokens.shape)}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
-    impl = _resolve(impl, logits.device)
+    impl = resolve_impl("rm_stats", impl, logits.device)
 
     shape = tokens.shape
     if impl == "reference":
         out = rm_stats_reference(logits, tokens, mask_id, temperature=temperature, seed=seed, offset=offset)
-    elif impl == "cpp":
+    elif impl == "ext":
         z, N, L1, st0, st1 = row_layout(logits)
         counters = row_counters(N, offset, logits.device).contiguous()
         x = tokens.reshape(-1).to(torch.int64).contiguous()

@@ -1,4 +1,4 @@
-"""Reference for History Reference (HER) input embeddings (SPEC §3).
+"""Reference for History Reference (HER) input embeddings (docs/spec.md §3).
 
     s_i   = sum_{d=1..H_b} w_d * Rot_d(E[h^(d)_i]) * g_i
     w_d   = exp(-decay * max(d - 1, 0))

@@ -1,4 +1,4 @@
-"""Reference for the Reflective Masking post-training loss (SPEC §4).
+"""Reference for the Reflective Masking post-training loss (docs/spec.md §4).
 
 ``part`` per position: 0 = reveal (label = gold token), 1 = mask (label = mask id), 2 = keep
 (label = the current token), -1 = ignore (prompt, padding).
@@ -17,6 +17,9 @@ PART_REVEAL, PART_MASK, PART_KEEP, PART_IGNORE = 0, 1, 2, -1
 
 
 class RMLoss(NamedTuple):
+    """The Reflective Masking loss (docs/spec.md §4), float32 scalars: ``total`` (the weighted mean
+    CE) and the mean CE of each part, ``reveal``, ``mask``, ``keep`` (0 for an absent part)."""
+
     total: torch.Tensor
     reveal: torch.Tensor
     mask: torch.Tensor

@@ -1,4 +1,4 @@
-"""Reference for the fused per-position statistics (SPEC §1).
+"""Reference for the fused per-position statistics (docs/spec.md §1).
 
 What the published implementation does: float32 softmax over ``[N, V]``, an argmax, and two
 gathers. Ties go to the lowest id (``torch.argmax``). With ``temperature > 0`` the candidate ids

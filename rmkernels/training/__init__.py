@@ -1,5 +1,5 @@
-"""Reflective Masking post-training (SPEC §4): trajectory synthesis, oracle labels, data sources
-and the trainer. ``python -m rmkernels.training --help`` trains a TinyMDM on precomputed shards
+"""Reflective Masking post-training (docs/spec.md §4): trajectory synthesis, oracle labels, data sources
+and the trainer. ``rmk train --help`` (alias ``python -m rmkernels.training``) trains a TinyMDM on precomputed shards
 (also under ``torchrun``)."""
 from rmkernels.training.data import RMDataset, SynthData, global_batch_indices, precompute
 from rmkernels.training.synth import (

@@ -13,38 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from functools import lru_cache
 
 import torch
 
+from rmkernels._utils import atomic_write
 from rmkernels.reference.rng import seed_key
-from rmkernels.training.synth import RMBatch, SynthConfig, _check_inputs, _vocab_size, synthesize
+from rmkernels.training.synth import RMBatch, SynthConfig, check_inputs, vocab_size_of, synthesize
 
-__all__ = ["RMDataset", "SynthData", "atomic_write", "global_batch_indices", "precompute", "step_seed"]
+__all__ = ["RMDataset", "SynthData", "global_batch_indices", "precompute", "step_seed"]
 
 FORMAT = "rmkernels-rm-v1"
 _STORE_DTYPES = {
     "input_ids": torch.int32, "labels": torch.int32, "part": torch.int8,
     "history_ids": torch.int32, "history_len": torch.int32,
 }
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -59,8 +43,30 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
-    """Example indices (int64 ``[batch_size]``) of step ``step``: consecutive slices of per-epoch
-    permutations of ``range(n)``, so every example is seen once per epoch."""
+    """Example indices of one optimizer step: consecutive slices of per-epoch permutations of
+    ``range(n)``, so every example is seen once per epoch and a step's batch depends on
+    ``(seed, step)`` only.
+
+    Parameters
+    ----------
+    n : int
+        Number of examples.
+    batch_size : int
+        Global batch size.
+    step, seed : int
+        The optimizer step and the data-order seed.
+
+    Returns
+    -------
+    Tensor
+        int64 ``[batch_size]``.
+
+    Example
+    -------
+    >>> idx = global_batch_indices(10, 4, step=2, seed=0)      # examples 8, 9 of epoch 0, 2 of epoch 1
+    >>> idx.shape
+    torch.Size([4])
+    """
     if n < 1:
         raise ValueError("data is empty")
     pos = torch.arange(step * batch_size, (step + 1) * batch_size)
@@ -176,13 +182,36 @@ def precompute(
     The result equals ``synthesize(targets, answer_mask, base_model, mask_id, config, seed=seed)``
     row for row (base-model synthesis: up to batch-size effects on its logits). Each shard and the
     index are written atomically; ``index.json`` comes last.
+
+    Parameters
+    ----------
+    path : str
+        Output folder (created).
+    targets, answer_mask, base_model, mask_id, config, seed, attention_mask, vocab_size
+        As in :func:`rmkernels.training.synthesize`.
+    batch_size : int
+        Rows synthesised per base-model forward.
+    shard_size : int
+        Rows per ``shard_XXXXX.safetensors`` file.
+
+    Returns
+    -------
+    RMDataset
+        The written dataset, opened (``rmk train --data PATH`` reads it).
+
+    Example
+    -------
+    >>> targets = torch.randint(0, 20, (8, 6)); answer = torch.ones(8, 6, dtype=torch.bool)
+    >>> data = precompute("shards/", targets, answer, None, 20, SynthConfig(), vocab_size=21)  # doctest: +SKIP
+    >>> len(data)  # doctest: +SKIP
+    8
     """
     from safetensors.torch import save_file
 
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    V = _vocab_size(base_model, vocab_size)
-    mask_id = _check_inputs(targets, answer_mask, attention_mask, None, mask_id, V, config)
+    V = vocab_size_of(base_model, vocab_size)
+    mask_id = check_inputs(targets, answer_mask, attention_mask, None, mask_id, V, config)
     N, L = targets.shape
     shards = []
     for s0 in range(0, N, shard_size):
@@ -220,8 +249,8 @@ class SynthData:
 
     def __init__(self, targets, answer_mask, mask_id, config: SynthConfig, *, base_model=None, seed=0,
                  attention_mask=None, vocab_size=None):
-        self.vocab_size = _vocab_size(base_model, vocab_size)
-        self.mask_id = _check_inputs(targets, answer_mask, attention_mask, None, mask_id, self.vocab_size, config)
+        self.vocab_size = vocab_size_of(base_model, vocab_size)
+        self.mask_id = check_inputs(targets, answer_mask, attention_mask, None, mask_id, self.vocab_size, config)
         self.targets, self.answer_mask, self.attention_mask = targets, answer_mask, attention_mask
         self.config, self.base_model, self.seed = config, base_model, int(seed)
         self.history_steps = int(config.history_steps)

@@ -1,4 +1,4 @@
-"""Reflective Masking post-training data: synthetic trajectories and oracle labels (SPEC §4).
+"""Reflective Masking post-training data: synthetic trajectories and oracle labels (docs/spec.md §4).
 
 From a clean target (prompt + answer) and its answer mask:
 
@@ -15,7 +15,7 @@ From a clean target (prompt + answer) and its answer mask:
    from then on; a wrong position keeps its wrong token before frame ``a``, is ``M`` on
    ``[a, r)`` and gold from ``r`` on, with ``1 <= a < r <= T-1``. Correct positions never change.
 4. The current frame ``c`` is uniform in ``[0, T-1]``. Its history is what the decoder's FIFO
-   would hold after stepping through frames ``0 .. c`` (SPEC §3: a state is pushed only when the
+   would hold after stepping through frames ``0 .. c`` (docs/spec.md §3: a state is pushed only when the
    step after it changed the sequence): the frames ``f < c`` with ``frame[f] != frame[f+1]``,
    most recent first (slot 0 = distance 1), at most ``history_steps`` of them.
 5. Labels on answer positions of the current frame: ``M`` -> gold (reveal), wrong -> ``M``
@@ -162,7 +162,9 @@ def _randint(u: torch.Tensor, n) -> torch.Tensor:
     return torch.minimum((u.double() * n).long(), n - 1)
 
 
-def _vocab_size(base_model, vocab_size) -> int:
+def vocab_size_of(base_model, vocab_size) -> int:
+    """The vocabulary size: ``base_model``'s embedding rows (checked against ``vocab_size`` if both
+    are given), else ``vocab_size``; ``ValueError`` when neither is known or they differ."""
     if base_model is None:
         if vocab_size is None:
             raise ValueError("vocab_size is required when base_model is None")
@@ -173,7 +175,9 @@ def _vocab_size(base_model, vocab_size) -> int:
     return v_model
 
 
-def _check_inputs(targets, answer_mask, attention_mask, row_ids, mask_id, V, config):
+def check_inputs(targets, answer_mask, attention_mask, row_ids, mask_id, V, config):
+    """Validate the inputs of the synthesis (shapes, dtypes, id ranges, answer positions, config);
+    returns ``mask_id`` as an int. Raises ``ValueError`` naming the argument."""
     check_tensor("targets", targets, dtypes=INT_DTYPES, ndim=2)
     check_tensor("answer_mask", answer_mask, dtypes=(torch.bool,), ndim=2)
     if answer_mask.shape != targets.shape:
@@ -261,9 +265,27 @@ def build_trajectories(
     attention_mask: torch.Tensor | None = None,  # [B, L] bool
     vocab_size: int | None = None,
 ) -> SynthTrajectory:
-    """Corrupt ``targets`` and build full trajectories (steps 1-3 of the module docstring)."""
-    V = _vocab_size(base_model, vocab_size)
-    mask_id = _check_inputs(targets, answer_mask, attention_mask, row_ids, mask_id, V, config)
+    """Corrupt ``targets`` and build full trajectories (steps 1-3 of the module docstring).
+
+    Parameters
+    ----------
+    targets, answer_mask, base_model, mask_id, config, seed, row_ids, attention_mask, vocab_size
+        As in :func:`synthesize`.
+
+    Returns
+    -------
+    SynthTrajectory
+        Every frame of every row, the kind and event frames of each position, the current frame.
+
+    Example
+    -------
+    >>> targets = torch.randint(0, 20, (2, 8)); answer = torch.ones(2, 8, dtype=torch.bool)
+    >>> traj = build_trajectories(targets, answer, None, 20, SynthConfig(frames=5), vocab_size=21)
+    >>> traj.frames.shape                                      # [B, T, L]; frame T - 1 is the target
+    torch.Size([2, 5, 8])
+    """
+    V = vocab_size_of(base_model, vocab_size)
+    mask_id = check_inputs(targets, answer_mask, attention_mask, row_ids, mask_id, V, config)
     B, L = targets.shape
     T = int(config.frames)
     dev = targets.device
@@ -349,8 +371,10 @@ def trajectories_from_corruption(
 
     Example
     -------
-    >>> traj = trajectories_from_corruption(gold, source, mask_id, SynthConfig(frames=6), seed=step)
-    >>> batch = make_batch(traj, gold, answer_mask, mask_id, history_steps=6)
+    >>> gold = torch.tensor([[1, 2, 3, 4]]); source = torch.tensor([[1, 7, 20, 4]])  # 7 wrong, 20 = mask
+    >>> traj = trajectories_from_corruption(gold, source, 20, SynthConfig(frames=6), seed=0)
+    >>> traj.frames.shape, traj.frames[0, 0].tolist(), traj.frames[0, -1].tolist()
+    (torch.Size([1, 6, 4]), [1, 7, 20, 4], [1, 2, 3, 4])
     """
     check_tensor("targets", targets, dtypes=INT_DTYPES, ndim=2)
     check_tensor("corrupted", corrupted, dtypes=INT_DTYPES, ndim=2)
@@ -378,7 +402,28 @@ def make_batch(
     history_steps: int,
     attention_mask: torch.Tensor | None = None,
 ) -> RMBatch:
-    """The current frame of each trajectory, its history and oracle labels (steps 4-5)."""
+    """The current frame of each trajectory, its history and oracle labels (steps 4-5).
+
+    Parameters
+    ----------
+    traj : SynthTrajectory
+        From :func:`build_trajectories` on the same ``targets``.
+    targets, answer_mask, mask_id, attention_mask
+        As in :func:`synthesize`.
+    history_steps : int
+        History slots ``H`` of the batch.
+
+    Returns
+    -------
+    RMBatch
+
+    Example
+    -------
+    >>> targets = torch.randint(0, 20, (2, 8)); answer = torch.ones(2, 8, dtype=torch.bool)
+    >>> traj = build_trajectories(targets, answer, None, 20, SynthConfig(), vocab_size=21)
+    >>> make_batch(traj, targets, answer, 20, history_steps=3).history_ids.shape
+    torch.Size([2, 3, 8])
+    """
     frames, c = traj.frames, traj.current  # [B, T, L], [B]
     B, T, L = frames.shape
     H = int(history_steps)
@@ -428,7 +473,7 @@ def synthesize(
     attention_mask: torch.Tensor | None = None,
     vocab_size: int | None = None,
 ) -> RMBatch:
-    """Synthesise one RM training batch from clean targets (SPEC §4).
+    """Synthesise one RM training batch from clean targets (docs/spec.md §4).
 
     Parameters
     ----------
@@ -455,6 +500,17 @@ def synthesize(
     Returns
     -------
     RMBatch
+        ``input_ids`` (the current frame), ``labels``, ``part``, ``history_ids`` / ``history_len``,
+        ``token_mask`` (answer positions) and ``attention_mask``.
+
+    Example
+    -------
+    >>> targets = torch.randint(0, 20, (4, 12))               # prompt (6) + answer (6), ids < V - 1
+    >>> answer = torch.arange(12).expand(4, 12) >= 6
+    >>> batch = synthesize(targets, answer, None, mask_id=20, vocab_size=21,
+    ...                    config=SynthConfig(corruption_rate=0.5, history_steps=2))
+    >>> batch.input_ids.shape, batch.history_ids.shape
+    (torch.Size([4, 12]), torch.Size([4, 2, 12]))
     """
     config = config or SynthConfig()
     traj = build_trajectories(

@@ -1,4 +1,4 @@
-"""The Reflective Masking post-training loop (SPEC §4): AdamW, warmup + cosine, accumulation,
+"""The Reflective Masking post-training loop (docs/spec.md §4): AdamW, warmup + cosine, accumulation,
 clipping, bf16 autocast on CUDA, checkpoints with exact resume, data parallel over torchrun.
 
 Loss of one optimizer step: the weighted mean over the whole *global* batch (all ranks, all
@@ -30,9 +30,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from rmkernels.ops.rm_loss import _check_weights, rm_loss
+from rmkernels._utils import IMPLS, atomic_write, resolve_impl
+from rmkernels.ops.loss_utils import check_weights
+from rmkernels.ops.rm_loss import rm_loss
 from rmkernels.reference.loss import PART_IGNORE, PART_KEEP
-from rmkernels.training.data import atomic_write, global_batch_indices
+from rmkernels.training.data import global_batch_indices
 from rmkernels.training.distributed import all_reduce_sum_, broadcast_, dist_info
 from rmkernels.training.synth import RMBatch
 
@@ -48,7 +50,10 @@ class TrainConfig:
     Reference (plain ``input_ids``); otherwise the first ``history_steps`` slots of the data's
     history feed :class:`rmkernels.HistoryNorm`. ``log_every`` / ``eval_every`` / ``ckpt_every``
     are in optimizer steps (0 = off; the eval hook and a checkpoint also run at the end of
-    ``fit``). ``bf16`` autocasts the forward on CUDA only.
+    ``fit``). ``bf16`` autocasts the forward on CUDA only. ``loss_impl`` / ``history_impl`` (one of
+    ``"auto", "triton", "ext", "reference"``) are preferences for ``rm_loss`` / ``history_embed``,
+    resolved as ``generate(kernels=...)`` resolves its own: the named kernel where the op has it on
+    the model's device, else the op's ``"auto"`` choice.
     """
 
     lr: float = 3e-4
@@ -76,7 +81,7 @@ class TrainConfig:
 
     def __post_init__(self):
         try:
-            self.loss_weights = _check_weights(self.loss_weights)
+            self.loss_weights = check_weights(self.loss_weights)
         except ValueError as e:
             raise ValueError(f"loss_weights: {e}") from None
         for name in ("total_steps", "grad_accum", "batch_size"):
@@ -91,6 +96,9 @@ class TrainConfig:
             raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("loss_impl", "history_impl"):
+            if getattr(self, name) not in IMPLS:
+                raise ValueError(f"{name} must be one of {list(IMPLS)}, got {getattr(self, name)!r}")
         if self.ckpt_every and not self.ckpt_dir:
             raise ValueError("ckpt_every > 0 needs ckpt_dir")
 
@@ -126,8 +134,10 @@ class Trainer:
     Parameters
     ----------
     model : nn.Module
-        ``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]``
-        with ``get_input_embeddings()``. Parameters with ``requires_grad=False`` are frozen.
+        ``model(input_ids=None, inputs_embeds=None, attention_mask=None) -> logits [B, L, V]`` (or an
+        output with ``.logits``, as the native LLaDA / Dream models return; a model's
+        ``logits_shift = 1`` is applied) with ``get_input_embeddings()``. Parameters with
+        ``requires_grad=False`` are frozen.
     history_norm : rmkernels.HistoryNorm or None
         Required when ``config.history_steps > 0``.
     data : data source
@@ -143,7 +153,11 @@ class Trainer:
         self.model, self.history_norm, self.data, self.config, self.eval_fn = model, history_norm, data, config, eval_fn
         self.dist = dist_info()
         self.device = next(model.parameters()).device
-        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        # a native LLaDA / Dream model's embedding may have padding rows past config.vocab_size
+        v_cfg = getattr(getattr(model, "config", None), "vocab_size", None)
+        self.vocab_size = int(v_cfg) if isinstance(v_cfg, int) else int(model.get_input_embeddings().num_embeddings)
+        self.loss_impl = resolve_impl("rm_loss", config.loss_impl, self.device, fallback=True)
+        self.history_impl = resolve_impl("history_embed", config.history_impl, self.device, fallback=True)
         self._check_setup()
         modules = [model] + ([history_norm] if history_norm is not None else [])
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -206,19 +220,24 @@ class Trainer:
         batch = batch.to(self.device)
         with self._autocast():
             if H == 0:
-                return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            embeds = self.history_norm(
-                self.model.get_input_embeddings().weight, batch.input_ids, batch.history_ids[:, :H].contiguous(),
-                batch.history_len.clamp(max=H), batch.token_mask,
-                decay=cfg.history_decay, rotate=cfg.history_rotate, impl=cfg.history_impl,
-            )
-            return self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            else:
+                embeds = self.history_norm(
+                    self.model.get_input_embeddings().weight, batch.input_ids, batch.history_ids[:, :H].contiguous(),
+                    batch.history_len.clamp(max=H), batch.token_mask,
+                    decay=cfg.history_decay, rotate=cfg.history_rotate, impl=self.history_impl,
+                )
+                out = self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+        logits = out if isinstance(out, torch.Tensor) else out.logits  # native models return an MDMOutput
+        if getattr(self.model, "logits_shift", 0):  # Dream: position i is predicted by the output at i - 1
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
 
     def loss(self, batch: RMBatch):
         """``rm_loss`` of one batch with ``config.loss_weights`` (for evaluation hooks)."""
         batch = batch.to(self.device)
         return rm_loss(self.logits(batch), batch.labels, batch.part, weights=self.config.loss_weights,
-                       impl=self.config.loss_impl)
+                       impl=self.loss_impl)
 
     # ------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -239,7 +258,7 @@ class Trainer:
             if counts.sum() == 0:
                 continue
             mb = mb.to(self.device)
-            out = rm_loss(self.logits(mb), mb.labels, mb.part, check=False, impl=cfg.loss_impl)
+            out = rm_loss(self.logits(mb), mb.labels, mb.part, check=False, impl=self.loss_impl)
             sums = torch.stack([out.reveal, out.mask, out.keep]) * counts.to(self.device)  # [3] S_k
             weighted = (sums * w.to(self.device)).sum()
             weighted.backward()

@@ -1,4 +1,4 @@
-"""The RM post-training variants every task trains (SPEC §5) and the helpers of a variant's run.
+"""The RM post-training variants every task trains (docs/spec.md §5) and the helpers of a variant's run.
 
 | variant | history | decay | rotation |
 |---|---|---|---|
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from rmkernels.training.data import atomic_write
+from rmkernels._utils import atomic_write
 
 HISTORY_STEPS = 6
 VARIANTS = {  # name -> (history_steps, use decay, rotate)
@@ -74,7 +73,7 @@ def claim_run_dir(out_dir: str, run: dict) -> None:
             raise ValueError(f"out_dir {out_dir} holds a run with other settings ({', '.join(diff)}); "
                              "use a new out_dir, or the same settings to resume it")
         return
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))  # creates out_dir
+    atomic_write(path, json.dumps(run, indent=1))  # creates out_dir
 
 
 __all__ = ["HISTORY_STEPS", "VARIANTS", "claim_run_dir", "her_gain", "variant_settings"]

@@ -12,9 +12,9 @@ Systems (``--variant``):
 
 Per task (the condition slot is always fixed):
 
-* repair: every pixel editable; two-phase decode (SPEC §10): phase 1 re-masks pixels with
+* repair: every pixel editable; two-phase decode (docs/spec.md §10): phase 1 re-masks pixels with
   ``p(mask) > 0.7``, then the RM loop with every confident candidate revealed at once;
-* edit: every pixel editable, the target class in the slot; two-phase decode (SPEC §10): phase 1
+* edit: every pixel editable, the target class in the slot; two-phase decode (docs/spec.md §10): phase 1
   re-masks pixels with ``p(mask) > 0.3`` under the target class, phase 2 unmasks on a cosine
   schedule with the RM rule;
 * inpaint: only the masked region editable (nothing outside can change); cosine schedule, RM rule.

@@ -8,7 +8,7 @@ checkpoints), and ``rmk image train``.
   ``reveal`` part of ``rm_loss``); images moved by one pixel (``shift_prob``) where no ink leaves
   the frame; the class token replaced by ``NO_CLASS`` with probability ``cond_drop``.
 * **variants** (``rm``, ``rm_hist``, ``rm_hist_decay``, ``full``; :mod:`rmkernels.training.variants`):
-  from the base, SPEC §4 data (:mod:`rmkernels.training.synth`) over three kinds of rows:
+  from the base, docs/spec.md §4 data (:mod:`rmkernels.training.synth`) over three kinds of rows:
 
   - *repair, base top-k*: ``corrupt`` pixels noisy, wrong levels drawn uniformly from the frozen
     base's top-k (gold excluded), the rest masked;
@@ -19,7 +19,7 @@ checkpoints), and ``rmk image train``.
     levels, so those pixels are wrong (labels: mask), the rest kept
     (:func:`rmkernels.training.trajectories_from_corruption`).
 
-  ``keep_weight`` is ``w_keep`` of SPEC §4 (re-mask only pixels more than ``w / (1 + w)`` likely wrong).
+  ``keep_weight`` is ``w_keep`` of docs/spec.md §4 (re-mask only pixels more than ``w / (1 + w)`` likely wrong).
 
 ``rmk image train all --out DIR --ship`` runs the whole recipe (base, four variants, fp16 export
 into the package assets); each stage resumes from its run directory.

@@ -1,4 +1,4 @@
-"""Sudoku revision (SPEC §5): grids, corrupted boards, board files, metrics, training and evaluation.
+"""Sudoku revision (docs/spec.md §5): grids, corrupted boards, board files, metrics, training and evaluation.
 
 Token ids: 0..8 are the digits 1..9, ``MASK_ID = 9`` (vocabulary size 10).
 """

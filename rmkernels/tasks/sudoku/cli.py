@@ -51,6 +51,7 @@ def _cmd_eval(args) -> int:
     import time
 
     import torch
+    from tqdm.auto import tqdm
 
     from rmkernels.tasks.sudoku.data import format_board, write_lines
     from rmkernels.tasks.sudoku.evaluate import (
@@ -70,13 +71,18 @@ def _cmd_eval(args) -> int:
 
         alt = load_alternatives(ceiling, corrupted, solution)
     t0 = time.perf_counter()
-    if system is None:  # the whole table: baselines and the four variants; predictions of the full model
-        results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=print, **kw)
-        final = finals["full"]
-    else:
-        metrics, final = evaluate_system(system, corrupted, solution, checkpoint_dir=args.checkpoint_dir,
-                                         loaded=loaded, **kw)
-        results = {system: metrics}
+    n_systems = len(SYSTEMS) if system is None else 1
+    bar = tqdm(total=n_systems * len(corrupted), desc="rmk sudoku eval", unit="board", disable=args.quiet,
+               dynamic_ncols=True, leave=False)
+    with bar:
+        if system is None:  # the whole table: baselines and the four variants; predictions of the full model
+            results, finals = evaluate_suite(corrupted, solution, SYSTEMS, args.checkpoint_dir, log=tqdm.write,
+                                             on_batch=bar.update, **kw)
+            final = finals["full"]
+        else:
+            metrics, final = evaluate_system(system, corrupted, solution, checkpoint_dir=args.checkpoint_dir,
+                                             loaded=loaded, on_batch=bar.update, **kw)
+            results = {system: metrics}
     wall = time.perf_counter() - t0
     table = markdown_table({TITLES.get(k, k): v for k, v in results.items()})
     print(f"\n{len(corrupted)} boards from {args.boards or DEFAULT_BOARDS} ({wall:.1f} s, "
@@ -93,8 +99,11 @@ def _cmd_eval(args) -> int:
     ordering = ablation_ordering(finals, solution) if system is None and len(corrupted) > 1 else []
     if ordering:
         order = ordering_table(ordering, TITLES)
+        order = (f"the published ablation ordering, paired over these boards (b minus a); the {len(corrupted)} "
+                 f"boards are transforms of {ordering[0]['clusters']} seed grids, so the standard errors are "
+                 "cluster-robust over seed-grid clusters\n\n" + order)
         table += "\n\n" + order
-        print("\nthe published ablation ordering, paired over these boards (b minus a)\n\n" + order)
+        print("\n" + order)
     if args.json:
         doc = {"boards": args.boards or DEFAULT_BOARDS, "n": len(corrupted), "steps_budget": args.steps,
                "rescue_ratio": args.rescue_ratio,
@@ -116,7 +125,7 @@ def _cmd_ceiling(args) -> int:
     from rmkernels.tasks.sudoku.evaluate import DEFAULT_BOARDS, load_boards
 
     corrupted, solution = load_boards(args.boards, args.limit)
-    alt = alternatives(corrupted, solution, workers=args.workers, log=print)
+    alt = alternatives(corrupted, solution, workers=args.workers, log=None if args.quiet else print)
     summary = alt.summary()
     print(f"{summary['boards']} boards from {args.boards or DEFAULT_BOARDS}: {summary['unique']} with a unique "
           f"nearest grid, {summary['tie']} tied with another valid grid, {summary['closer']} with another valid "
@@ -169,14 +178,22 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     from rmkernels.tasks.sudoku.data import DEFAULT_SEED, SPLITS
     from rmkernels.tasks.sudoku.train import build_parser
 
-    p = subparsers.add_parser("sudoku", help="Sudoku revision: train, evaluate, demo")
-    sub = p.add_subparsers(dest="sudoku_command", required=True)
+    p = subparsers.add_parser(
+        "sudoku", help="Sudoku revision: train, evaluate, demo",
+        description="Sudoku revision with Reflective Masking (docs/sudoku.md): a corrupted full board is "
+                    "decoded into a valid grid. The shipped models and test boards are package data.")
+    sub = p.add_subparsers(dest="sudoku_command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="pretrain the base MDM / post-train the RM variants")
+    t = sub.add_parser("train", help="pretrain the base MDM / post-train the RM variants / export",
+                       description="Train the Sudoku models: `base` (the masked diffusion model), `variant` "
+                                   "(RM post-training), `export` (re-save for shipping).")
     build_parser(t)
     t.set_defaults(func=_cmd_train)
 
-    m = sub.add_parser("make-boards", help="write a board file (<corrupted> <solution> per line)")
+    m = sub.add_parser("make-boards", help="write a board file (<corrupted> <solution> per line)",
+                       description="Generate corrupted boards of a split (train / val / test seed grids under "
+                                   "random symmetries, 4-20 cells changed) and write them, one "
+                                   "'<81 digits> <81 digits>' line per board.")
     m.add_argument("--split", choices=sorted(SPLITS), default="test")
     m.add_argument("--n", type=int, default=1000)
     m.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -185,6 +202,7 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_make_boards)
 
+    from rmkernels._utils import IMPLS
     from rmkernels.tasks.sudoku.evaluate import DEFAULT_REMASK_THRESHOLD, DEFAULT_STEPS, SYSTEMS
 
     def common(q):
@@ -193,14 +211,18 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
         q.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint instead of the shipped one")
         q.add_argument("--checkpoint-dir", default=None, help="folder of sudoku_<name>.safetensors files")
         q.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoding step budget per board")
-        q.add_argument("--kernels", default="auto", help="impl of the decoder's ops (auto, reference, ...)")
+        q.add_argument("--kernels", default="auto", choices=IMPLS,
+                       help="implementation preference of the decoder's ops (generate(kernels=...))")
         q.add_argument("--remask-threshold", type=float, default=DEFAULT_REMASK_THRESHOLD,
                        help="p(token) threshold of the base_conf_remask baseline")
         q.add_argument("--rescue-ratio", type=_open_unit, default=None,
-                       help="stuck rescue of the RM decoder (off by default, not in SPEC): where a board "
+                       help="stuck rescue of the RM decoder (an extension, docs/spec.md §6; off by default): where a board "
                             "reaches a fixed point, re-mask once the cells with p(M) > RATIO * p(token)")
 
-    e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps")
+    e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps",
+                       description="Decode corrupted boards with the shipped models (or --checkpoint) and both "
+                                   "training-free baselines; print the metrics table (docs/spec.md §5), the "
+                                   "exact %% split by board kind and the published ablation ordering, paired.")
     common(e)
     e.add_argument("--json", default=None, help="write the metrics as JSON")
     e.add_argument("--predictions", default=None,
@@ -212,16 +234,23 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
                         "default boards)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_eval)
 
-    c = sub.add_parser("ceiling", help="best exact %% any decoder can reach on a board file (needs ortools)")
+    c = sub.add_parser("ceiling", help="best exact %% any decoder can reach on a board file (needs ortools)",
+                       description="For every board, find the nearest valid grids other than the solution "
+                                   "(CP-SAT) and report the best expected exact %% of any decoder "
+                                   "(docs/sudoku.md, 'The ceiling').")
     c.add_argument("--boards", default=None, help="board file (default: the shipped 1000-board test split)")
     c.add_argument("--limit", type=int, default=None, help="only the first N boards")
     c.add_argument("--workers", type=int, default=1, help="CP-SAT search workers")
     c.add_argument("--json", default=None, help="write the summary and per-board distances as JSON")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
     c.set_defaults(func=_cmd_ceiling)
 
-    d = sub.add_parser("demo", help="show one board being revised step by step")
+    d = sub.add_parser("demo", help="show one board being revised step by step",
+                       description="Decode one board and show the canvas after every step in the terminal "
+                                   "(re-masked cells highlighted).")
     common(d)
     d.add_argument("--index", type=int, default=0, help="which board of the file")
     d.add_argument("--delay", type=float, default=0.7, help="seconds between frames")

@@ -11,10 +11,10 @@ training never sees, in any transform.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from rmkernels._utils import atomic_write
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, corrupt, is_valid, sample_grids, seed_grids
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -33,6 +33,30 @@ def make_boards(split: str, n: int, seed: int = DEFAULT_SEED, count=(4, 20), poo
 
     ``pool_size`` seed grids are drawn by backtracking (default: ``n``, one per board) and each
     board is a random transform of one of them with ``count`` cells corrupted.
+
+    Parameters
+    ----------
+    split : {"train", "val", "test"}
+        The split; each has its own seed grids.
+    n : int
+        Number of boards.
+    seed : int
+        Split seed (1234 for the shipped boards).
+    count : (int, int)
+        Inclusive range of corrupted cells per board.
+    pool_size : int, optional
+        Seed grids to draw boards from.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``corrupted``, ``solution``, each ``[n, 81]`` int64.
+
+    Example
+    -------
+    >>> corrupted, solution = make_boards("val", 3, seed=7)
+    >>> corrupted.shape, bool((corrupted != solution).any(1).all())
+    ((3, 81), True)
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -60,6 +84,26 @@ def parse_boards(lines, source: str = "<boards>"):
     Raises ``ValueError`` naming ``source`` and the 1-based line number of the first bad line
     (field count, length, characters, a solution that is not a valid grid), or saying that the
     input holds no boards.
+
+    Parameters
+    ----------
+    lines : iterable of str
+        ``"<81 digits: board> <81 digits: solution>"`` per line (``0`` or ``.`` = masked cell in
+        the board); blank lines and ``#`` comments are skipped.
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``corrupted``, ``solution``, each ``[N, 81]`` int64 token ids.
+
+    Example
+    -------
+    >>> c, s = make_boards("test", 1, seed=3)
+    >>> line = f"{format_board(c[0])} {format_board(s[0])}"
+    >>> bool((parse_boards([line])[1] == s).all())
+    True
     """
     boards, solutions, numbers = [], [], []
     for no, raw in enumerate(lines, start=1):
@@ -88,7 +132,23 @@ def parse_boards(lines, source: str = "<boards>"):
 
 
 def read_boards(path: str):
-    """Read a board file (see the module docstring); errors name the file and line."""
+    """Read a board file (see :func:`parse_boards`); errors name the file and line.
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``corrupted``, ``solution``, each ``[N, 81]`` int64.
+
+    Example
+    -------
+    >>> from rmkernels.tasks.sudoku.assets import default_boards
+    >>> read_boards(default_boards())[0].shape
+    (1000, 81)
+    """
     with open(path) as f:
         return parse_boards(f, source=str(path))
 
@@ -99,16 +159,27 @@ def format_board(ids) -> str:
 
 
 def write_lines(path: str, lines) -> None:
-    """Write text lines atomically (temporary file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """Write text lines atomically (:func:`rmkernels._utils.atomic_write`)."""
+    atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def write_boards(path: str, corrupted, solution) -> None:
+    """Write boards atomically, one ``"<board> <solution>"`` line each (read back by :func:`read_boards`).
+
+    Parameters
+    ----------
+    path : str
+    corrupted, solution : array-like ``[N, 81]``
+        Token ids.
+
+    Returns
+    -------
+    None
+
+    Example
+    -------
+    >>> write_boards("boards.txt", *make_boards("val", 10))  # doctest: +SKIP
+    """
     write_lines(path, (f"{format_board(c)} {format_board(s)}" for c, s in zip(corrupted, solution)))
 
 

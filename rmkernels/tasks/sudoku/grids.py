@@ -75,7 +75,25 @@ def _backtrack_grid(rng: np.random.Generator) -> np.ndarray:
 
 
 def seed_grids(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random complete grids ``[n, 81]`` int64 (values 0..8) from backtracking."""
+    """Random complete grids from randomised backtracking.
+
+    Parameters
+    ----------
+    n : int
+        Number of grids.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, values 0..8 (row-major cells).
+
+    Example
+    -------
+    >>> g = seed_grids(2, np.random.default_rng(0))
+    >>> bool(is_valid(g).all())
+    True
+    """
     return np.stack([_backtrack_grid(rng) for _ in range(n)]) if n else np.zeros((0, CELLS), np.int64)
 
 
@@ -87,7 +105,26 @@ def _line_perm(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def transform_grids(grids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Apply a random validity-preserving transform to each grid ``[n, 81]`` (values 0..8)."""
+    """Apply a random validity-preserving transform to each grid (digit relabelling, band / stack
+    and line permutations within bands, transposition).
+
+    Parameters
+    ----------
+    grids : ndarray ``[n, 81]``
+        Valid grids, values 0..8.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, valid grids.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> bool(is_valid(transform_grids(seed_grids(3, rng), rng)).all())
+    True
+    """
     n = grids.shape[0]
     g = grids.reshape(n, 9, 9)
     g = np.where(rng.random(n)[:, None, None] < 0.5, g.transpose(0, 2, 1), g)
@@ -99,12 +136,54 @@ def transform_grids(grids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_grids(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` grids: random seed grids of ``pool`` under random transforms."""
+    """Grids drawn from a pool of seed grids under random transforms.
+
+    Parameters
+    ----------
+    pool : ndarray ``[P, 81]``
+        Seed grids (:func:`seed_grids`).
+    n : int
+        Number of grids.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> sample_grids(seed_grids(4, rng), 10, rng).shape
+    (10, 81)
+    """
     return transform_grids(pool[rng.integers(len(pool), size=n)], rng)
 
 
 def corrupt(solutions: np.ndarray, rng: np.random.Generator, count=(4, 20)) -> np.ndarray:
-    """Change ``k ~ U{count[0]..count[1]}`` distinct cells of each grid to a different digit."""
+    """Change ``k ~ U{count[0]..count[1]}`` distinct cells of each grid to a different digit.
+
+    Parameters
+    ----------
+    solutions : ndarray ``[n, 81]``
+        Valid grids, values 0..8.
+    rng : numpy.random.Generator
+    count : (int, int)
+        Inclusive range of the number of changed cells.
+
+    Returns
+    -------
+    ndarray
+        ``[n, 81]`` int64, the corrupted boards (no cell masked).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> s = seed_grids(5, rng)
+    >>> changed = (corrupt(s, rng) != s).sum(1)
+    >>> bool(((changed >= 4) & (changed <= 20)).all())
+    True
+    """
     lo, hi = int(count[0]), int(count[1])
     if not 0 <= lo <= hi <= CELLS:
         raise ValueError(f"count must satisfy 0 <= lo <= hi <= 81, got {count}")
@@ -127,6 +206,22 @@ def conflict_cells(boards) -> torch.Tensor:
     """``[N, 81]`` bool: filled cells whose digit appears again in their row, column or box.
 
     ``boards`` holds ids 0..8 (digits) or ``MASK_ID``; masked cells are never conflicts.
+
+    Parameters
+    ----------
+    boards : array-like ``[N, 81]`` or ``[81]``
+
+    Returns
+    -------
+    Tensor
+        ``[N, 81]`` bool.
+
+    Example
+    -------
+    >>> b = seed_grids(1, np.random.default_rng(0)).copy()
+    >>> b[0, 1] = b[0, 0]                                      # a repeated digit in row 0
+    >>> int(conflict_cells(b).sum()) >= 2
+    True
     """
     b = _as_tensor(boards)  # [N, 81]
     onehot = torch.nn.functional.one_hot(b, VOCAB_SIZE)[..., :DIGITS]  # [N, 81, 9]
@@ -138,12 +233,87 @@ def conflict_cells(boards) -> torch.Tensor:
 
 
 def is_valid(boards) -> torch.Tensor:
-    """``[N]`` bool: complete (no mask, all ids in 0..8) and no row/column/box repeats a digit."""
+    """Whether each board is a valid complete grid.
+
+    Parameters
+    ----------
+    boards : array-like ``[N, 81]`` or ``[81]``
+        Ids 0..8 or ``MASK_ID``.
+
+    Returns
+    -------
+    Tensor
+        ``[N]`` bool: complete (no mask, all ids in 0..8) and no row / column / box repeats a digit.
+
+    Example
+    -------
+    >>> is_valid(seed_grids(2, np.random.default_rng(0))).tolist()
+    [True, True]
+    """
     b = _as_tensor(boards)
     return ((b >= 0) & (b < DIGITS)).all(1) & ~conflict_cells(b.clamp(0, MASK_ID)).any(1)
 
 
+_PAIRS = np.array([(a, b) for a in range(DIGITS) for b in range(a + 1, DIGITS)])  # [36, 2] digit pairs
+
+
+def _pair_cycle_codes(g: np.ndarray) -> np.ndarray:
+    """``[n, 36]`` sorted codes (18-byte records) of the two-digit cycles of grids ``g [n, 9, 9]``.
+
+    For digits ``a < b`` the 18 cells holding them split into closed cycles (each row and each
+    column holds one ``a`` and one ``b``). Every row of a cycle gets the code of its cycle: the
+    sorted counts of the cycle's rows per band and of its columns per stack. Per pair the 9 codes
+    are sorted, and the 36 pairs are sorted: the result does not depend on the order of the bands,
+    of the rows within a band, of the stacks, of the columns within a stack, or on the digits' names.
+    """
+    n = g.shape[0]
+    rows = np.arange(9)
+    col_of = np.empty((n, 9, 9), np.int64)  # [n, digit, row] -> column
+    row_of = np.empty((n, 9, 9), np.int64)  # [n, digit, column] -> row
+    idx = np.arange(n)[:, None, None]
+    col_of[idx, g, rows[None, :, None]] = rows[None, None, :]
+    row_of[idx, g, rows[None, None, :]] = rows[None, :, None]
+    a, b = _PAIRS[:, 0], _PAIRS[:, 1]
+    ca = col_of[:, a]  # [n, 36, 9]: column of a in each row
+    step = np.take_along_axis(row_of[:, b], ca, 2)  # row -> the row of b in that column: a permutation
+    label = cur = np.broadcast_to(rows, step.shape)
+    for _ in range(8):  # every row's cycle representative (its smallest row)
+        cur = np.take_along_axis(step, cur, 2)
+        label = np.minimum(label, cur)
+    # per cycle (indexed by its label): its rows per band and its columns per stack
+    slot = (np.arange(n * 36).reshape(n, 36, 1) * 9 + label) * 3  # [n, 36, 9]
+    count = lambda third: np.bincount((slot + third).ravel(), minlength=n * 36 * 27).reshape(n, 36, 9, 3)  # noqa: E731
+    band, stack = np.sort(count(rows // 3), -1), np.sort(count(ca // 3), -1)
+    code = (band * np.array([16, 4, 1])).sum(-1) * 64 + (stack * np.array([16, 4, 1])).sum(-1)  # [n, 36, label]
+    per_row = np.sort(np.take_along_axis(code, label, 2), 2).astype(">u2")  # [n, 36, 9], codes < 4096
+    # sort the 36 pairs of each grid by their 9 codes (18 big-endian bytes: lexicographic order)
+    return np.sort(np.ascontiguousarray(per_row).view(np.dtype((np.void, 18)))[..., 0], 1)  # [n, 36]
+
+
+def grid_fingerprint(grids) -> list:
+    """A symmetry-invariant fingerprint of each complete grid ``[n, 81]`` (values 0..8): equal for
+    grids related by any validity-preserving transform (relabelled digits, permuted bands / rows
+    within bands / stacks / columns within stacks, transposition), as ``bytes`` objects.
+
+    It is an invariant, not a canonical form: two grids that are not transforms of each other could
+    in principle share it (none of the thousands of generated seed grids tested do).
+    """
+    g = np.asarray(grids, dtype=np.int64).reshape(-1, 9, 9)
+    if g.size and (g.min() < 0 or g.max() >= DIGITS):
+        raise ValueError("grids must be complete: values 0..8")
+    direct, transposed = _pair_cycle_codes(g), _pair_cycle_codes(g.transpose(0, 2, 1))
+    return [min(x.tobytes(), y.tobytes()) for x, y in zip(direct, transposed)]
+
+
+def grid_clusters(grids) -> np.ndarray:
+    """``[n]`` int64 cluster ids: grids share an id when they share :func:`grid_fingerprint` (the
+    boards of one seed grid, in any transform), numbered in order of first appearance."""
+    ids: dict = {}
+    return np.array([ids.setdefault(f, len(ids)) for f in grid_fingerprint(grids)], dtype=np.int64)
+
+
 __all__ = [
     "CELLS", "CELL_UNITS", "DIGITS", "MASK_ID", "UNITS", "VOCAB_SIZE",
-    "conflict_cells", "corrupt", "is_valid", "sample_grids", "seed_grids", "transform_grids",
+    "conflict_cells", "corrupt", "grid_clusters", "grid_fingerprint", "is_valid", "sample_grids", "seed_grids",
+    "transform_grids",
 ]

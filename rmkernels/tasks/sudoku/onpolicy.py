@@ -1,6 +1,6 @@
 """On-policy Sudoku states: the decoder's own failures, mixed into post-training batches.
 
-The synthetic trajectories of SPEC §4 (and :mod:`rmkernels.tasks.sudoku.synth`) rarely show the
+The synthetic trajectories of docs/spec.md §4 (and :mod:`rmkernels.tasks.sudoku.synth`) rarely show the
 states a trained model actually gets stuck in: a fixed point with two digits left wrong (a
 swapped pair whose columns each hold a duplicate) that the model cannot tell from the correct
 digits they clash with. :func:`collect_states` decodes train-split boards with a model and keeps

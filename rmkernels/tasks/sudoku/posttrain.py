@@ -1,4 +1,4 @@
-"""Reflective Masking post-training of the Sudoku variants from the base MDM (SPEC §4, §5).
+"""Reflective Masking post-training of the Sudoku variants from the base MDM (docs/spec.md §4, §5).
 
 Every variant starts from the same base checkpoint and sees the same data: solution grids of the
 train split, each with 4-20 noisy cells (wrong digits drawn uniformly from the base model's top-k
@@ -14,7 +14,7 @@ of mistakes (swapped pairs, wrong reveals: :mod:`rmkernels.tasks.sudoku.synth`).
 | ``full`` | 6 states | ``decay`` | yes |
 
 The shipped variants are trained in two stages: ``keep_weight`` 1 from the base, then ``init`` =
-that checkpoint with ``keep_weight`` 8 (``w_keep`` of SPEC §4: the model then re-masks a digit only
+that checkpoint with ``keep_weight`` 8 (``w_keep`` of docs/spec.md §4: the model then re-masks a digit only
 when it is more than 8/9 sure it is wrong, which cuts replays of correct digits 25x). A further
 stage can mix in the decoder's own failed states (``onpolicy_boards``,
 :mod:`rmkernels.tasks.sudoku.onpolicy`).
@@ -42,7 +42,7 @@ from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.synth import SudokuRMData
 from rmkernels.training.variants import HISTORY_STEPS, VARIANTS, her_gain, variant_settings
-from rmkernels.training.variants import claim_run_dir as _claim_run_dir
+from rmkernels.training.variants import claim_run_dir
 
 ONPOLICY_LABELS = ("solution", "canonical", "anchored")
 
@@ -57,7 +57,7 @@ class PostTrainConfig:
     weight_decay: float = 0.01
     decay: float = 0.5  # history decay lambda of the *_decay and full variants
     wrong_fraction: float = 0.9  # eval boards start all-wrong (up to 20 wrong digits): mostly wrong noise, some masked
-    pair_prob: float = 0.5  # decoder-mistake synthesis (rmkernels.tasks.sudoku.synth); 0 and 0 = SPEC §4 only
+    pair_prob: float = 0.5  # decoder-mistake synthesis (rmkernels.tasks.sudoku.synth); 0 and 0 = docs/spec.md §4 only
     wrong_reveal_prob: float = 0.5
     # labels of a synthesized swapped pair that is half of a swappable rectangle: "solution" (the generator's
     # grid, a coin flip between two equally near grids) or "anchored" (rmkernels.tasks.sudoku.synth)
@@ -73,7 +73,7 @@ class PostTrainConfig:
     val_boards: int = 256
     kernels: str = "auto"  # impl of the loss and history_embed ops
     her_gain: str = "0"  # initial HER LayerNorm gain: "rms" (of the token embeddings) or a number
-    keep_weight: float = 1.0  # w_keep of the loss (SPEC §4); > 1 re-masks only cells more likely wrong than w/(1+w)
+    keep_weight: float = 1.0  # w_keep of the loss (docs/spec.md §4); > 1 re-masks only cells more likely wrong than w/(1+w)
     init: str = ""  # start from this checkpoint of the same variant (model + HER norm) instead of the base
     onpolicy_boards: int = 0  # decode this many train-split boards with the init model; mix in its failed states
     onpolicy_rows: int = 16  # rows of each batch that are such states (rmkernels.tasks.sudoku.onpolicy)
@@ -106,7 +106,7 @@ def decode_stats(model, norm, settings: dict, corrupted: np.ndarray, solution: n
     return {k: round(m[k], 3) for k in ("exact_pct", "replay_pct", "conflicts_per_board", "mean_steps")}
 
 
-def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, log=print) -> str:
+def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, log=print, progress: bool = False) -> str:
     """Post-train one variant; writes ``out_dir/model.safetensors`` (+ .json) and returns its path.
 
     Every ``eval_every`` steps it logs the loss parts, :func:`detection_stats` and
@@ -140,7 +140,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         if norm is not None:
             with torch.no_grad():
                 norm.weight.fill_(her_gain(cfg.her_gain, model))
-    _claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
+    claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
     for p in model.parameters():
         p.requires_grad_(True)
     rng = split_rng("train", cfg.data_seed)
@@ -191,7 +191,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
                        history_steps=H, history_decay=settings["history_decay"],
                        history_rotate=settings["history_rotate"], log_every=0, eval_every=cfg.eval_every,
                        ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
-                       progress=False, loss_impl=cfg.kernels, history_impl=cfg.kernels,
+                       progress=progress, loss_impl=cfg.kernels, history_impl=cfg.kernels,
                        loss_weights=(1.0, 1.0, cfg.keep_weight))
     trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
     trainer.fit(resume=True)

@@ -1,6 +1,6 @@
-"""Sudoku post-training data: SPEC §4 trajectories plus the decoder's own kinds of mistakes.
+"""Sudoku post-training data: docs/spec.md §4 trajectories plus the decoder's own kinds of mistakes.
 
-SPEC §4 synthesis (:func:`rmkernels.training.build_trajectories`) corrupts cells independently
+docs/spec.md §4 synthesis (:func:`rmkernels.training.build_trajectories`) corrupts cells independently
 and always reveals the gold digit. Decoding corrupted boards with ``reveal="all"`` makes a kind of
 mistake that never appears there: masked cells of one unit revealed in parallel with each other's
 digits (swapped pairs, which break only one unit each) and, in general, wrong reveals. A model
@@ -25,7 +25,7 @@ is the other grid, the pair holds its digits throughout and the other half goes 
 its digits on the pair's schedule.
 
 Labels and history come from the edited frames (:func:`rmkernels.training.make_batch`), so
-everything else follows SPEC §4. With ``pair_prob = wrong_reveal_prob = 0`` the batches equal
+everything else follows docs/spec.md §4. With ``pair_prob = wrong_reveal_prob = 0`` the batches equal
 :class:`rmkernels.training.SynthData`'s.
 """
 from __future__ import annotations

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from rmkernels.models import TinyMDM, TinyMDMConfig
-from rmkernels.tasks.sudoku.checkpoint import _atomic_write, export_checkpoint, save_checkpoint
+from rmkernels._utils import atomic_write
+from rmkernels.tasks.sudoku.checkpoint import export_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.posttrain import VARIANTS, PostTrainConfig, posttrain
@@ -104,11 +105,15 @@ def masked_accuracy(model, grids: np.ndarray, ratios=(0.1, 0.3, 0.5, 0.7), seed:
 
 
 def _save_state(path: str, model, opt, step: int) -> None:
-    _atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp))
 
 
-def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True) -> str:
-    """Pretrain the base MDM; writes ``out_dir/model.safetensors`` (+ .json), ``state.pt`` and ``metrics.jsonl``."""
+def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, progress: bool = False) -> str:
+    """Pretrain the base MDM; writes ``out_dir/model.safetensors`` (+ .json), ``state.pt`` and ``metrics.jsonl``.
+
+    ``progress`` shows a progress bar over the steps (stderr)."""
+    from tqdm.auto import tqdm
+
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = TinyMDM(TinyMDMConfig(vocab_size=VOCAB_SIZE, max_len=CELLS, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
@@ -132,7 +137,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True) 
         wall_before = rows[-1]["wall_s"] if rows else 0.0
     model.train()
     recent = []  # losses since the last log line
-    for step in range(start, cfg.steps):
+    for step in tqdm(range(start, cfg.steps), desc="sudoku base", initial=start, total=cfg.steps,
+                     disable=not progress, dynamic_ncols=True):
         rng = np.random.default_rng([cfg.seed, step])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -166,18 +172,26 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="python -m rmkernels.tasks.sudoku.train")
     sub = p.add_subparsers(dest="stage", required=True)
-    b = sub.add_parser("base", help="pretrain the base MDM on solution grids")
+    b = sub.add_parser("base", help="pretrain the base MDM on solution grids",
+                       description="Pretrain the base masked diffusion model on solution grids of the train split "
+                                   "(docs/sudoku.md, 'Recipe'); resumes from OUT unless --no-resume.")
     b.add_argument("--out", required=True, help="run directory (checkpoint, state, metrics)")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--no-resume", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_dataclass_args(b, PretrainConfig)
-    v = sub.add_parser("variant", help="post-train one RM variant from the base MDM")
+    v = sub.add_parser("variant", help="post-train one RM variant from the base MDM",
+                       description="Reflective Masking post-training of one variant (rm, rm_hist, rm_hist_decay, "
+                                   "full) from the base MDM (docs/spec.md §4, docs/sudoku.md 'Recipe').")
     v.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     v.add_argument("--base", required=True, help="base MDM checkpoint (.safetensors)")
     v.add_argument("--out", required=True, help="run directory (checkpoint, trainer states, metrics)")
     v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_dataclass_args(v, PostTrainConfig)
-    e = sub.add_parser("export", help="re-save a checkpoint for shipping (fp16 storage by default)")
+    e = sub.add_parser("export", help="re-save a checkpoint for shipping (fp16 storage by default)",
+                       description="Re-save a checkpoint (model + HER norm + metadata) with its tensors stored in "
+                                   "--dtype, e.g. into the package's assets to ship it.")
     e.add_argument("--src", required=True)
     e.add_argument("--dst", required=True)
     e.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
@@ -185,17 +199,26 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     return p
 
 
+def _log(args):
+    """Log lines: through tqdm (so they do not break a progress bar) unless ``--quiet``."""
+    if getattr(args, "quiet", True):
+        return lambda s: print(s, flush=True)
+    from tqdm.auto import tqdm
+
+    return tqdm.write
+
+
 def run(args) -> int:
     torch.set_num_threads(getattr(args, "threads", 1))
     if args.stage == "base":
         cfg = PretrainConfig(**{k: getattr(args, k) for k in PretrainConfig.__dataclass_fields__})
-        path = pretrain(cfg, args.out, log=lambda s: print(s, flush=True), resume=not args.no_resume)
+        path = pretrain(cfg, args.out, log=_log(args), resume=not args.no_resume, progress=not args.quiet)
     elif args.stage == "export":
         notes = dict(n.split("=", 1) for n in args.note)
         path = export_checkpoint(args.src, args.dst, getattr(torch, args.dtype), notes)
     else:
         cfg = PostTrainConfig(**{k: getattr(args, k) for k in PostTrainConfig.__dataclass_fields__})
-        path = posttrain(args.variant, args.base, args.out, cfg, log=lambda s: print(s, flush=True))
+        path = posttrain(args.variant, args.base, args.out, cfg, log=_log(args), progress=not args.quiet)
     print(f"wrote {path}", flush=True)
     return 0
 

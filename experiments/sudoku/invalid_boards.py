@@ -1,8 +1,10 @@
-"""Where a model's invalid final boards are (the README's paragraph on stuck boards).
+"""Where a model's invalid final boards are (docs/sudoku.md, "The ceiling").
 
-    rmk sudoku eval --variant full --predictions /tmp/pred_full.txt
-    python results/sudoku/invalid_boards.py /tmp/pred_full.txt \
-        [--boards rmkernels/data/sudoku_test.txt --ceiling results/sudoku/ceiling_test1000.json]
+    rmk sudoku eval --variant full --predictions PRED
+    python experiments/sudoku/invalid_boards.py PRED [--boards BOARDS --ceiling CEILING]
+
+Without ``--boards`` / ``--ceiling``: the shipped 1000 test boards and their packaged ceiling file
+(what ``rmk sudoku eval`` uses by default).
 
 Prints invalid boards (all stuck with nothing masked?), their conflict-cell range and how many
 differ from the solution in exactly two cells, then per board kind (unique nearest grid / tied /
@@ -13,6 +15,7 @@ import argparse
 
 import numpy as np
 
+from rmkernels.tasks.sudoku.assets import default_boards, default_ceiling
 from rmkernels.tasks.sudoku.ceiling import CLOSER, TIE, UNIQUE, load_alternatives
 from rmkernels.tasks.sudoku.data import read_boards
 from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, is_valid
@@ -21,8 +24,8 @@ from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, is_valid
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("predictions", help="the file `rmk sudoku eval --predictions` wrote")
-    ap.add_argument("--boards", default="rmkernels/data/sudoku_test.txt")
-    ap.add_argument("--ceiling", default="results/sudoku/ceiling_test1000.json")
+    ap.add_argument("--boards", default=default_boards(), help="board file (default: the shipped test boards)")
+    ap.add_argument("--ceiling", default=default_ceiling(), help="`rmk sudoku ceiling --json` of those boards")
     args = ap.parse_args()
     corrupted, solution = read_boards(args.boards)
     # the predictions file: 81 digits per line, 0 for a cell left masked (data.format_board)

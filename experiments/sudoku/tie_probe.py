@@ -1,4 +1,4 @@
-"""Probe: what a Sudoku model does on pure tie states (results/sudoku/keep_weight_sweep.md).
+"""Probe: what a Sudoku model does on pure tie states (results/sudoku/notes/keep_weight_sweep.md).
 
 A tie state is a valid grid with half of a swappable rectangle swapped (a b / b a over two rows,
 two columns, two boxes; the half: a same-box pair): it is two cells from the grid and two from the
@@ -6,7 +6,7 @@ grid with the rectangle's other half swapped, and nothing else is wrong. The anc
 (``--pair-labels anchored``) clears the half whose earliest cell comes later. Printed per model:
 how often each half is re-masked (``p(M) > p(token)``) and the median ``p(M) / p(token)`` on each.
 
-    PYTHONPATH=. python results/sudoku/tie_probe.py CHECKPOINT [CHECKPOINT ...]
+    python experiments/sudoku/tie_probe.py CHECKPOINT [CHECKPOINT ...]
 """
 import sys
 
