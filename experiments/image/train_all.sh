@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped recipe: base MDM (3000 steps) + the four RM variants (1200 steps each), one thread,
+# The recipe: base MDM (3000 steps) + the four RM variants (2400 steps each), one thread,
 # fp16 export into rmkernels/tasks/image/assets. Each stage resumes from its run directory.
 #   bash experiments/image/train_all.sh RUNS_DIR
 set -euo pipefail
