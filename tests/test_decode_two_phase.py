@@ -6,6 +6,7 @@ import torch
 
 from rmkernels import DecodeConfig, generate
 from rmkernels.decode import replay_statistics
+from rmkernels.decode.sampler import RMSampler
 from rmkernels.decode.schedule import masked_after, reveal_count
 from test_decode import HISTORY, M, V, ScriptedModel, assert_same_decode, prompts_batch, random_norm, tiny_model
 
@@ -54,6 +55,12 @@ def test_config_validation():
             DecodeConfig(**bad)
     cfg = DecodeConfig(steps=10, phase1_threshold=0.9, phase1_steps=3)
     assert cfg.max_steps == 13 and DecodeConfig(steps=10).max_steps == 10
+    # not combined with a KV cache (docs/spec.md §8 edits the active block only), nor in RMSampler
+    for bad in (dict(phase1_threshold=0.9), dict(schedule="cosine")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DecodeConfig(cache="dual", **bad)
+        with pytest.raises(ValueError, match="RMSampler takes neither"):
+            RMSampler(DecodeConfig(**bad), mask_id=M)
 
 
 # ---------------------------------------------------------------------------------------------
