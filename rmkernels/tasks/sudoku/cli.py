@@ -222,7 +222,7 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="decode corrupted boards and report exact/valid/replay/conflicts/steps",
                        description="Decode corrupted boards with the shipped models (or --checkpoint) and both "
                                    "training-free baselines; print the metrics table (docs/spec.md §5), the "
-                                   "exact %% split by board kind and the published ablation ordering, paired.")
+                                   "exact % split by board kind and the published ablation ordering, paired.")
     common(e)
     e.add_argument("--json", default=None, help="write the metrics as JSON")
     e.add_argument("--predictions", default=None,
@@ -239,7 +239,7 @@ def add_sudoku_parser(subparsers) -> argparse.ArgumentParser:
 
     c = sub.add_parser("ceiling", help="best exact %% any decoder can reach on a board file (needs ortools)",
                        description="For every board, find the nearest valid grids other than the solution "
-                                   "(CP-SAT) and report the best expected exact %% of any decoder "
+                                   "(CP-SAT) and report the best expected exact % of any decoder "
                                    "(docs/sudoku.md, 'The ceiling').")
     c.add_argument("--boards", default=None, help="board file (default: the shipped 1000-board test split)")
     c.add_argument("--limit", type=int, default=None, help="only the first N boards")
