@@ -231,3 +231,11 @@ def test_cli_eval_and_demo(tiny_run, tmp_path):
                  "--kernels", "reference", "--steps", "4", "--out", str(png)]) == 0
     img = Image.open(png)
     assert img.width >= 420 and img.height > 200
+    # bad input ends the command with its message: a file's line number, a missing checkpoint
+    bad = tmp_path / "bad.txt"
+    bad.write_text(inputs.read_text().splitlines()[0] + "\n" + "1,2,3\t4\n")
+    with pytest.raises(SystemExit, match=r"bad\.txt:2"):
+        main(["image", "eval", "--task", "repair", "--inputs", str(bad), "--checkpoint", full, "--no-baselines"])
+    with pytest.raises(SystemExit, match="no checkpoint for 'rm_hist_decay'"):
+        main(["image", "eval", "--task", "repair", "--variant", "rm_hist_decay", "--checkpoint-dir", str(tmp_path),
+              "--inputs", str(inputs), "--no-baselines"])

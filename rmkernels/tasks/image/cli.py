@@ -19,6 +19,17 @@ def _cmd_make(args) -> int:
     return 0
 
 
+def _checked(command):
+    """Bad input (a missing checkpoint, a malformed instance file) ends the command with its message."""
+    def run(args) -> int:
+        try:
+            return command(args)
+        except ValueError as e:
+            raise SystemExit(f"rmk image {args.image_command}: {e}") from None
+
+    return run
+
+
 def _models(args):
     from rmkernels.tasks.image.evaluate import ModelCache
 
@@ -164,12 +175,12 @@ def add_image_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--predictions", default=None, help="write each result (64 levels) per line, in input order")
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    e.set_defaults(func=_cmd_eval)
+    e.set_defaults(func=_checked(_cmd_eval))
 
     d = sub.add_parser("demo", help="draw one instance's decoding as a PNG")
     common(d)
     d.add_argument("--index", type=int, default=0)
     d.add_argument("--out", required=True, help="PNG file")
     d.add_argument("--scale", type=int, default=16, help="screen pixels per image pixel")
-    d.set_defaults(func=_cmd_demo)
+    d.set_defaults(func=_checked(_cmd_demo))
     return p

@@ -147,7 +147,11 @@ class ModelCache:
 
     def __getitem__(self, name: str):
         if name not in self._held:
-            self._held[name] = load_checkpoint(self.overrides.get(name) or checkpoint_path(name, self.dir))
+            path = self.overrides.get(name) or checkpoint_path(name, self.dir)
+            if not os.path.exists(path):
+                raise ValueError(f"no checkpoint for {name!r} at {path}: train it "
+                                 f"with `rmk image train variant --variant {name} ...` and pass --checkpoint")
+            self._held[name] = load_checkpoint(path)
         return self._held[name]
 
 
