@@ -229,3 +229,23 @@ def test_cuda_two_phase_fast_equals_reference_and_graph_replay(case):
     graphed = generate(model, canvas, cfg, mask_id=M, prompt_mask=fixed, history_norm=norm, cuda_graph=True)
     assert_same_decode(ref, fast)
     assert_same_decode(fast, graphed)
+
+
+@pytest.mark.parametrize("case", range(len(TWO_PHASE)))
+def test_fast_step_updates_its_state_in_place(case):
+    """A CUDA-graph replay reads and writes the tensors that existed at capture: every piece of the
+    fast decoder's state must be updated in place, never rebound to a new tensor (the schedule's
+    masked count once was, so graph replays revealed by a stale count; only a GPU showed it)."""
+    from rmkernels.decode.canvas import build_canvas
+    from rmkernels.decode.fast import FastDecoder
+    from rmkernels.decode.model import as_rm_model
+
+    model, norm = tiny_model(case), random_norm(32, case)
+    cfg = DecodeConfig(**TWO_PHASE[case], **HISTORY[case % 4])
+    canvas, fixed = edit_canvas(case)
+    dec = FastDecoder(as_rm_model(model, norm), build_canvas(canvas, M, cfg, prompt_mask=fixed), cfg, M,
+                      seed=0, kernels="reference")
+    before = [t.data_ptr() for t in dec._state()]
+    for _ in range(4):
+        dec.step()
+    assert [t.data_ptr() for t in dec._state()] == before

@@ -115,7 +115,8 @@ class FastDecoder:
         k = None
         if cfg.schedule is not None:
             masked_now = (G & masked).sum(1)  # [B]
-            self.sched_n = torch.where(self.step_in_block == 0, masked_now, self.sched_n)
+            # in place: a CUDA-graph replay reads and writes the tensors captured, never new ones
+            self.sched_n.copy_(torch.where(self.step_in_block == 0, masked_now, self.sched_n))
             k = reveal_count(masked_now, self.sched_n, self.step_in_block, self.sched_T, cfg.schedule)
         d = decide_step(cfg, st, x, G, M, remask_count=self.remask_count, steps=self.steps, rescues=self.rescues,
                         rescue_ratio=self.rescue_ratio, k=k)
