@@ -13,6 +13,7 @@ import sys
 TASKS = {
     "sudoku": ("rmkernels.tasks.sudoku.cli", "add_sudoku_parser"),
     "text": ("rmkernels.tasks.text.cli", "add_text_parser"),
+    "image": ("rmkernels.tasks.image.cli", "add_image_parser"),
 }
 
 

@@ -1,7 +1,9 @@
-"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3)."""
+"""Decoding configuration: every knob of the Reflective Masking step loop (docs/spec.md §2, §3, §8, §10)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+from rmkernels.decode.schedule import SCHEDULES
 
 SAMPLERS = ("rm", "low_confidence", "confidence_remask")
 REVEAL_MODES = ("topk", "threshold", "all")
@@ -30,6 +32,20 @@ class DecodeConfig:
             reveal, no re-mask), it re-masks instead the visible editable positions with
             ``p(mask) > rescue_ratio * p(token)`` and goes on; with none of those it stops.
         max_rescues : rescues per row and block.
+    Two-phase editing (docs/spec.md §10, off by default)
+        phase1_threshold : ``None`` = off. Else, before the first block, phase 1 re-masks every
+            visible editable token with ``p(mask) > phase1_threshold`` and ``p(mask) > p(token)``
+            (nothing is revealed), for at most ``phase1_steps`` steps and until a step changes
+            nothing; then the usual loop (phase 2) unmasks with the RM rule active. Phase-1 steps
+            come on top of ``steps``.
+        phase1_steps : the most phase-1 steps.
+        schedule : ``None`` (``reveal`` decides) or ``"linear"`` / ``"cosine"`` (MaskGIT): of the
+            ``n`` positions masked when a block starts, ``ceil(n * f(t / T))`` are still to be
+            masked after its step ``t``; each step reveals the most confident masked positions in
+            excess of that target, at least one (:mod:`rmkernels.decode.schedule`). Needs
+            ``reveal="topk"`` (the schedule sets the per-step ``k``).
+        schedule_steps : ``T`` (``None``: the block's step budget); steps past ``T`` reveal every
+            candidate, until the fixed point or the budget.
     History Reference
         history_steps : H, states kept per sequence (0 = off). Needs a model with input embeddings.
         history_decay : lambda in ``w_d = exp(-lambda * (d - 1))``.
@@ -83,6 +99,10 @@ class DecodeConfig:
     max_remask: int = -1
     rescue_ratio: float | None = None
     max_rescues: int = 1
+    phase1_threshold: float | None = None
+    phase1_steps: int = 8
+    schedule: str | None = None
+    schedule_steps: int | None = None
     history_steps: int = 6
     history_decay: float = 0.0
     history_rotate: bool = True
@@ -123,6 +143,13 @@ class DecodeConfig:
         need(is_int(self.max_remask) and self.max_remask >= -1, "max_remask", "-1 (no cap) or an int >= 0")
         need(self.rescue_ratio is None or 0.0 < float(self.rescue_ratio) < 1.0, "rescue_ratio", "None or in (0, 1)")
         need(is_int(self.max_rescues) and self.max_rescues >= 0, "max_rescues", "an int >= 0")
+        need(self.phase1_threshold is None or 0.0 <= float(self.phase1_threshold) < 1.0, "phase1_threshold",
+             "None or in [0, 1)")
+        need(is_int(self.phase1_steps) and self.phase1_steps >= 1, "phase1_steps", "an int >= 1")
+        need(self.schedule is None or self.schedule in SCHEDULES, "schedule", f"None or one of {SCHEDULES}")
+        need(self.schedule is None or self.reveal == "topk", "reveal", "'topk' when a schedule is set")
+        need(self.schedule_steps is None or (is_int(self.schedule_steps) and self.schedule_steps >= 1),
+             "schedule_steps", "None or an int >= 1")
         need(is_int(self.history_steps) and self.history_steps >= 0, "history_steps", "an int >= 0")
         need(float(self.history_decay) >= 0.0, "history_decay", ">= 0")
         need(0.0 <= float(self.temperature) < float("inf"), "temperature", "a finite number >= 0")
@@ -141,7 +168,16 @@ class DecodeConfig:
         need(self.cache == "none" or self.remask_scope != "all", "remask_scope",
              "'block' (or None) with a KV cache: only the active block has fresh logits")
         need(isinstance(self.fused_head, bool), "fused_head", "a bool")
+        need(self.cache == "none" or self.phase1_threshold is None, "phase1_threshold",
+             "None with a KV cache (phase 1 edits every generated position, docs/spec.md §10)")
+        need(self.cache == "none" or self.schedule is None, "schedule",
+             "None with a KV cache (the schedules are defined without one, docs/spec.md §10)")
         return self
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps a row can take: ``steps`` plus the phase-1 steps of two-phase editing."""
+        return self.steps + (self.phase1_steps if self.phase1_threshold is not None else 0)
 
     @property
     def edit_scope(self) -> str:

@@ -20,6 +20,7 @@ from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig
 from rmkernels.decode.forward import decoder_logits, decoder_stats
 from rmkernels.decode.model import RMModel
 from rmkernels.decode.sampler import decide_step
+from rmkernels.decode.schedule import reveal_count
 from rmkernels.history import HistoryBuffer
 
 
@@ -44,6 +45,14 @@ class FastDecoder:
         self.suppress_idx = torch.tensor(cfg.suppress_tokens, dtype=torch.int64, device=dev)
         # compared in float32, as the reference; made here, not in a step (CUDA-graph capture)
         self.rescue_ratio = torch.tensor(cfg.rescue_ratio or 0.0, dtype=torch.float32, device=dev)
+        # two-phase editing (docs/spec.md §10): rows in phase 1, their phase-1 steps; the schedule's n and T
+        self.two_phase = cfg.phase1_threshold is not None
+        self.phase1 = ~self.finished & self.two_phase  # [B] bool
+        self.phase1_done = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.phase1_threshold = torch.tensor(cfg.phase1_threshold or 0.0, dtype=torch.float32, device=dev)
+        self.sched_n = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.sched_T = (torch.full((B,), cfg.schedule_steps, dtype=torch.int64, device=dev)
+                        if cfg.schedule_steps is not None else canvas.steps_per_block.clone())
         # KV cache (docs/spec.md §8): lockstep blocks; `waiting` = done with the current block, others are not
         self.plan = plan_cache(rm, canvas, cfg)
         self.cached = None if self.plan is None else CachedForward(rm, canvas, cfg, self.plan, mask_id, kernels,
@@ -85,24 +94,45 @@ class FastDecoder:
         this step's forward is a full one that refills the cache)."""
         cfg, c, M, x = self.cfg, self.canvas, self.mask_id, self.x
         active = ~self.finished & ~self.waiting  # [B]
-        G = self.editable(active)  # [B, L] editable now
+        p1 = active & self.phase1  # [B] rows in phase 1 of two-phase editing (docs/spec.md §10)
+        p2 = active & ~self.phase1  # [B] rows in the RM loop
+        G = self.editable(p2)  # [B, L] editable now
         st = self.statistics(refresh)
+        masked = x == M
 
-        # 1. reveal, 2. re-mask, 2b. stuck rescue (sampler.decide_step)
+        # 0. phase 1: re-mask visible generated tokens with p(mask) > threshold and p(mask) > p(token)
+        remask1 = None
+        if self.two_phase:
+            E1 = c.gen_mask & p1[:, None]  # [B, L] phase 1 acts on every generated position
+            valid = st.top_id >= 0
+            self.bad_logits |= (E1 & ~valid).any()
+            remask1 = E1 & ~masked & valid & (st.mask_p > self.phase1_threshold) & (st.mask_p > st.cur_p)
+            if cfg.max_remask >= 0:
+                remask1 &= self.remask_count < cfg.max_remask
+
+        # 1. reveal (a schedule: per-row k, the masked positions above its target), 2. re-mask,
+        # 2b. stuck rescue (sampler.decide_step)
+        k = None
+        if cfg.schedule is not None:
+            masked_now = (G & masked).sum(1)  # [B]
+            # in place: a CUDA-graph replay reads and writes the tensors captured, never new ones
+            self.sched_n.copy_(torch.where(self.step_in_block == 0, masked_now, self.sched_n))
+            k = reveal_count(masked_now, self.sched_n, self.step_in_block, self.sched_T, cfg.schedule)
         d = decide_step(cfg, st, x, G, M, remask_count=self.remask_count, steps=self.steps, rescues=self.rescues,
-                        rescue_ratio=self.rescue_ratio)
+                        rescue_ratio=self.rescue_ratio, k=k)
         self.bad_logits |= d.bad
         self.rescues += d.rescued
+        remask = d.remask if remask1 is None else d.remask | remask1
 
         # 3. apply together; 4. fixed point / budget -> next block or finish
-        changed = (d.reveal | d.remask).any(1)  # [B]
+        changed = (d.reveal | remask).any(1)  # [B]
         if self.history is not None:
             self.history.push(x, changed)  # the state before the change
-        x.copy_(torch.where(d.remask, M, torch.where(d.reveal, d.cand, x)))
-        self.remask_count += d.remask
+        x.copy_(torch.where(remask, M, torch.where(d.reveal, d.cand, x)))
+        self.remask_count += remask
         self.steps += active
-        self.step_in_block += active
-        block_done = active & (~changed | (self.step_in_block >= c.steps_per_block))
+        self.step_in_block += p2
+        block_done = p2 & (~changed | (self.step_in_block >= c.steps_per_block))
         if self.cached is not None:  # lockstep: wait for the other rows (next_block moves everyone on)
             self.waiting |= block_done
             return
@@ -110,6 +140,9 @@ class FastDecoder:
         self.step_in_block.masked_fill_(block_done, 0)
         self.rescues.masked_fill_(block_done, 0)
         self.finished |= self.block >= c.n_blocks
+        if self.two_phase:  # phase 1 ends at its fixed point or after phase1_steps steps
+            self.phase1_done += p1
+            self.phase1 &= ~(p1 & (~changed | (self.phase1_done >= cfg.phase1_steps)))
 
     def next_block(self) -> None:
         """Lockstep blocks (KV cache): every unfinished row moves to its next block."""
@@ -124,7 +157,7 @@ class FastDecoder:
     def _state(self):
         hist = [] if self.history is None else [self.history.ids, self.history.lengths]
         return [self.x, self.remask_count, self.block, self.step_in_block, self.rescues, self.steps, self.finished,
-                self.bad_logits, self.waiting, *hist]
+                self.bad_logits, self.waiting, self.phase1, self.phase1_done, self.sched_n, *hist]
 
     def _graphed_step(self, refresh: bool = False):
         """Capture :meth:`step` in a CUDA graph (state restored after the warm-up) and return its replay.
@@ -172,12 +205,13 @@ class FastDecoder:
             return self._run_cached(trajectory)
         step = self.stepper()
         calls = 0
-        for it in range(self.cfg.steps):  # no row takes more than `steps` steps
+        n_max = self.cfg.max_steps  # no row takes more than `steps` steps (+ phase 1)
+        for it in range(n_max):
             step()
             calls += 1
             if trajectory is not None:
                 trajectory.append(self.x.clone())
-            if (it + 1) % self.cfg.check_every == 0 or it + 1 == self.cfg.steps:
+            if (it + 1) % self.cfg.check_every == 0 or it + 1 == n_max:
                 done, bad = torch.stack([self.finished.all(), self.bad_logits]).tolist()
                 if bad:
                     raise ValueError(f"the model produced NaN or all -inf logits (by step {it + 1})")

@@ -1,4 +1,4 @@
-"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2 and §3.
+"""The reference decoder: a short, readable loop that is the executable form of docs/spec.md §2, §3 and §10.
 
 Each row is decoded on its own (a batch of one), with eager statistics and eager HER embeddings,
 so its result cannot depend on the rest of the batch. The fast path must equal it token for token.
@@ -15,6 +15,7 @@ from rmkernels.decode.canvas import Canvas
 from rmkernels.decode.config import COUNTER_STRIDE, DecodeConfig  # noqa: F401  (COUNTER_STRIDE re-exported)
 from rmkernels.decode.forward import decoder_hidden, decoder_logits
 from rmkernels.decode.model import RMModel
+from rmkernels.decode.schedule import reveal_count
 from rmkernels.reference.linear_stats import linear_logits_reference
 from rmkernels.reference.rm_stats import rm_stats_reference
 
@@ -37,6 +38,7 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
     threshold = torch.tensor(cfg.reveal_threshold, dtype=torch.float32)  # compared in float32, as the fast path
     remask_threshold = torch.tensor(cfg.remask_threshold, dtype=torch.float32)
     rescue_ratio = None if cfg.rescue_ratio is None else torch.tensor(cfg.rescue_ratio, dtype=torch.float32)
+    phase1_threshold = None if cfg.phase1_threshold is None else torch.tensor(cfg.phase1_threshold, dtype=torch.float32)
 
     def history_now():
         if H == 0:
@@ -57,11 +59,44 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
         first = int(torch.arange(L)[gen.cpu()].min()) if bool(gen.any()) else 0
         cache = RowCacheReference(rm, cfg, mask_id, first, int(gen.sum()), canvas.block_len)
 
+    def stats_now():
+        logits = logits_now()
+        counters = step * COUNTER_STRIDE + torch.arange(L, device=x.device)
+        out = rm_stats_reference(logits, x, mask_id, temperature=cfg.temperature, seed=seed, offset=counters)
+        if bool((out[-1] != 0).any()):
+            raise ValueError(f"the model produced NaN or all -inf logits (row {b}, step {step})")
+        return out
+
+    # 0. two-phase editing, phase 1 (docs/spec.md §10): re-mask the visible generated tokens the model
+    # doubts strongly (p(mask) > threshold and p(mask) > p(token)); nothing is revealed
+    if phase1_threshold is not None and int(canvas.n_blocks[b]) > 0:
+        for _ in range(cfg.phase1_steps):
+            _, _, mask_p, cur_p, _, _, _ = stats_now()
+            remasked = []
+            for i in range(L):
+                capped = cfg.max_remask >= 0 and remask_count[i] >= cfg.max_remask
+                if gen[i] and x[i] != mask_id and not capped:
+                    if mask_p[i] > phase1_threshold and mask_p[i] > cur_p[i]:
+                        remasked.append(i)
+            new_x = x.clone()
+            for i in remasked:
+                new_x[i] = mask_id
+                remask_count[i] += 1
+            step += 1
+            if remasked and H > 0:
+                history = [x.clone()] + history[: H - 1]
+            x = new_x
+            trajectory.append(x.clone())
+            if not remasked:  # nothing left to re-mask: phase 2 starts
+                break
+
     for block in range(int(canvas.n_blocks[b])):
         editable = gen & (rank < (block + 1) * canvas.block_len)  # G: generated positions up to this block's end
         if cfg.edit_scope == "block":  # only the active block
             editable &= rank >= block * canvas.block_len
         rescues = 0
+        n_start = int((editable & (x == mask_id)).sum())  # masked when the block starts (schedule's n)
+        T = cfg.schedule_steps or int(canvas.steps_per_block[b])
         for j in range(int(canvas.steps_per_block[b])):
             if cache is None:  # every position, from a full forward
                 positions, logits = torch.arange(L, device=x.device), logits_now()
@@ -86,7 +121,10 @@ def decode_row_reference(rm: RMModel, canvas: Canvas, b: int, cfg: DecodeConfig,
                     elif top_id[i] != mask_id:  # argmax is the mask: abstain this step
                         candidates.append((top_p[i], i, top_id[i]))
             ranked = sorted(candidates, key=lambda c: (-float(c[0]), c[1]))  # ties: lowest position
-            if cfg.reveal == "topk":
+            if cfg.schedule is not None:  # k from the schedule: the masked positions above its target
+                masked_now = int((editable & (x == mask_id)).sum())
+                revealed = ranked[: int(reveal_count(masked_now, n_start, j, T, cfg.schedule))]
+            elif cfg.reveal == "topk":
                 revealed = ranked[: cfg.reveal_per_step]
             elif cfg.reveal == "threshold":
                 revealed = [c for c in ranked if c[0] >= threshold] or ranked[:1]

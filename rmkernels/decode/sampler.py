@@ -44,12 +44,18 @@ class StepDecision(NamedTuple):
     bad: torch.Tensor  # [] bool: an editable position had NaN / all -inf logits
 
 
-def select_reveal(cfg: DecodeConfig, R: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
-    """Which revealable positions ``R [B, N]`` to reveal, by ``score [B, N]`` (ties: lowest position)."""
-    if cfg.reveal == "all":
+def select_reveal(cfg: DecodeConfig, R: torch.Tensor, score: torch.Tensor, k: int,
+                  row_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Which revealable positions ``R [B, N]`` to reveal, by ``score [B, N]`` (ties: lowest position);
+    ``row_k [B]``: a count per row (a two-phase schedule's, docs/spec.md §10) instead of ``cfg.reveal``."""
+    if cfg.reveal == "all" and row_k is None:
         return R
     key = torch.where(R, score, -1.0)  # probabilities are >= 0, so non-candidates sort last
     order = torch.sort(key, dim=1, descending=True, stable=True).indices  # [B, N]
+    if row_k is not None:  # the row_k best candidates of each row: rank of every position in the order
+        pos = torch.arange(R.shape[1], device=R.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, pos)
+        return R & (rank < row_k[:, None])
     if cfg.reveal == "topk":
         top = order[:, :k]
         return torch.zeros_like(R).scatter(1, top, key.gather(1, top) >= 0)
@@ -59,7 +65,7 @@ def select_reveal(cfg: DecodeConfig, R: torch.Tensor, score: torch.Tensor, k: in
 
 def decide_step(cfg: DecodeConfig, st: RMStats, x: torch.Tensor, G: torch.Tensor, mask_id: int, *,
                 remask_count: torch.Tensor, steps: torch.Tensor, rescues: torch.Tensor,
-                rescue_ratio: torch.Tensor) -> StepDecision:
+                rescue_ratio: torch.Tensor, k: torch.Tensor | None = None) -> StepDecision:
     """docs/spec.md §2 steps 1 (reveal), 2 (re-mask) and 2b (stuck rescue) for every row, without applying them.
 
     Parameters
@@ -80,6 +86,8 @@ def decide_step(cfg: DecodeConfig, st: RMStats, x: torch.Tensor, G: torch.Tensor
         Stuck rescues in the row's current block (``max_rescues``).
     rescue_ratio : Tensor ``[]`` float32
         ``cfg.rescue_ratio`` on the device (made once by the caller: CUDA-graph capture).
+    k : Tensor ``[B]`` int64, optional
+        Reveals per row from a schedule (``cfg.schedule``, docs/spec.md §10) instead of ``reveal_per_step``.
 
     Returns
     -------
@@ -97,7 +105,7 @@ def decide_step(cfg: DecodeConfig, st: RMStats, x: torch.Tensor, G: torch.Tensor
     else:
         cand, score = st.best_id, st.best_p
         R = G & masked & valid
-    reveal = select_reveal(cfg, R, score, min(cfg.reveal_per_step, x.shape[1]))
+    reveal = select_reveal(cfg, R, score, min(cfg.reveal_per_step, x.shape[1]), k)
 
     # 2. re-mask visible editable tokens the model now doubts
     rescued = torch.zeros_like(steps, dtype=torch.bool)
@@ -192,6 +200,9 @@ class RMSampler:
                              "engine's forward and pass cfg_scale=0")
         if cfg.cache != "none":
             raise ValueError(f"cache={cfg.cache!r}: RMSampler has no model; caching belongs to the engine's forward")
+        if cfg.phase1_threshold is not None or cfg.schedule is not None:
+            raise ValueError("phase1_threshold / schedule (two-phase editing, docs/spec.md §10) belong to generate's "
+                             "loop; RMSampler takes neither (pass None)")
         check_suppress_tokens(cfg, mask_id)
         self.cfg, self.mask_id, self.kernels = cfg, mask_id, kernels
         self.seed = cfg.seed if cfg.seed is not None else (

@@ -9,6 +9,12 @@ positional embeddings are added inside, so History Reference residuals sit on th
 board's structure: position ``(r, c)`` is ``row[r] + col[c] + box[b]`` (``b`` the ``sqrt(n)`` box),
 and each attention head adds a learned bias per relation of the two cells (same cell, same row,
 same column, same box, none). Both are ordinary parameters; nothing about the rules is hard-coded.
+
+``image=n`` (e.g. 8 for the 8 x 8 digits; ``max_len`` must be ``n * n + 1``) lays the sequence out as
+one condition slot (position 0: a class token) followed by an ``n x n`` image in row-major order:
+pixel ``(r, c)`` gets ``row[r] + col[c]``, the slot its own embedding, and each attention head adds
+a learned bias per 2-D offset ``(dr, dc)`` of two pixels (``(2n - 1)^2`` of them) and per
+slot-pixel, pixel-slot and slot-slot pair.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ class TinyMDMConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     grid: int = 0  # 0: a plain sequence; n: an n x n board (positions factorised, relation bias)
+    image: int = 0  # 0: off; n: a condition slot + an n x n image (2-D positions, offset bias)
 
     def to_dict(self):
         return asdict(self)
@@ -65,7 +72,26 @@ class TinyMDM(nn.Module):
             raise ValueError(f"dim={cfg.dim} must be divisible by heads={cfg.heads}")
         self.config = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.dim)
-        if cfg.grid:
+        if cfg.grid and cfg.image:
+            raise ValueError("grid and image are exclusive layouts")
+        if cfg.image:
+            n = cfg.image
+            if n < 1 or n * n + 1 != cfg.max_len:
+                raise ValueError(f"image={n} needs max_len == image**2 + 1 (slot + pixels), got max_len={cfg.max_len}")
+            p = torch.arange(n * n)
+            r, c = p // n, p % n
+            K = (2 * n - 1) ** 2  # pixel-pixel offsets; K, K + 1, K + 2: slot-pixel, pixel-slot, slot-slot
+            rel = torch.empty(n * n + 1, n * n + 1, dtype=torch.long)
+            rel[1:, 1:] = (r[:, None] - r[None, :] + n - 1) * (2 * n - 1) + (c[:, None] - c[None, :] + n - 1)
+            rel[0, 1:], rel[1:, 0], rel[0, 0] = K, K + 1, K + 2
+            self.register_buffer("_rel", rel, persistent=False)  # [L, L]
+            self.register_buffer("_rc", torch.stack([r, c]), persistent=False)  # [2, n*n]
+            self.pos_slot = nn.Parameter(torch.zeros(1, cfg.dim))
+            self.pos_rc = nn.Parameter(torch.zeros(2, n, cfg.dim))
+            self.rel_bias = nn.Parameter(torch.zeros(cfg.depth, cfg.heads, K + 3))
+            nn.init.normal_(self.pos_slot, std=0.02)
+            nn.init.normal_(self.pos_rc, std=0.02)
+        elif cfg.grid:
             n, box = cfg.grid, math.isqrt(cfg.grid)
             if n * n != cfg.max_len or box * box != n:
                 raise ValueError(f"grid={n} needs max_len == grid**2 and a square grid, got max_len={cfg.max_len}")
@@ -86,7 +112,7 @@ class TinyMDM(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
         nn.init.normal_(self.tok.weight, std=0.02)
-        if not cfg.grid:  # drawn last: the init of every plain model so far
+        if not cfg.grid and not cfg.image:  # drawn last: the init of every plain model so far
             nn.init.normal_(self.pos, std=0.02)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -103,7 +129,15 @@ class TinyMDM(nn.Module):
         if attention_mask is not None:  # [B, L] 1 = attend; keys only (bidirectional)
             bias = torch.zeros(attention_mask.shape, dtype=h.dtype, device=h.device)
             bias = bias.masked_fill(~attention_mask.bool(), float("-inf"))[:, None, None, :]
-        if self.config.grid:
+        if self.config.image:
+            if L != self.config.max_len:
+                raise ValueError(f"an image={self.config.image} model takes exactly {self.config.max_len} positions, got {L}")
+            pix = self.pos_rc[0][self._rc[0]] + self.pos_rc[1][self._rc[1]]  # [n*n, D]
+            h = h + torch.cat([self.pos_slot, pix]).to(h.dtype)
+            biases = self.rel_bias[:, :, self._rel].to(h.dtype)[:, None]  # [depth, 1, heads, L, L]
+            if bias is not None:
+                biases = biases + bias
+        elif self.config.grid:
             if L != self.config.max_len:
                 raise ValueError(f"a grid={self.config.grid} model takes exactly {self.config.max_len} positions, got {L}")
             pos = self.pos_rcb[torch.arange(3, device=h.device)[:, None], self._rcb].sum(0)  # [L, D]

@@ -2,7 +2,15 @@
 and the trainer. ``rmk train --help`` (alias ``python -m rmkernels.training``) trains a TinyMDM on precomputed shards
 (also under ``torchrun``)."""
 from rmkernels.training.data import RMDataset, SynthData, global_batch_indices, precompute
-from rmkernels.training.synth import RMBatch, SynthConfig, SynthTrajectory, build_trajectories, make_batch, synthesize
+from rmkernels.training.synth import (
+    RMBatch,
+    SynthConfig,
+    SynthTrajectory,
+    build_trajectories,
+    make_batch,
+    synthesize,
+    trajectories_from_corruption,
+)
 
 __all__ = [
     "RMBatch",
@@ -17,6 +25,7 @@ __all__ = [
     "make_batch",
     "precompute",
     "synthesize",
+    "trajectories_from_corruption",
 ]
 
 

@@ -36,7 +36,8 @@ from rmkernels.decode.model import as_rm_model
 from rmkernels.reference.loss import PART_IGNORE, PART_KEEP, PART_MASK, PART_REVEAL
 from rmkernels.reference.rng import uniform_noise
 
-__all__ = ["RMBatch", "SynthConfig", "SynthTrajectory", "build_trajectories", "make_batch", "synthesize"]
+__all__ = ["RMBatch", "SynthConfig", "SynthTrajectory", "build_trajectories", "make_batch", "synthesize",
+           "trajectories_from_corruption"]
 
 KIND_CLEAN, KIND_MASKED, KIND_WRONG = 0, 1, 2
 
@@ -318,7 +319,14 @@ def build_trajectories(
         else:
             wrong_token[wrong] = _wrong_uniform(gold, wrong, u_tok, mask_id, V, config)
 
-    # 3. event frames: masked -> reveal at r in [1, T-1]; wrong -> M at a, gold at r, 1 <= a < r <= T-1
+    return _event_frames(gold, kind, wrong_token, u_t1, u_t2, u_cur, T, mask_id)
+
+
+def _event_frames(gold, kind, wrong_token, u_t1, u_t2, u_cur, T: int, mask_id: int) -> SynthTrajectory:
+    """Step 3: the frames of each noisy position (``kind`` 1 masked, 2 wrong) and the current frame."""
+    noisy, wrong = kind != KIND_CLEAN, kind == KIND_WRONG
+    dev = gold.device
+    # masked -> reveal at r in [1, T-1]; wrong -> M at a, gold at r, 1 <= a < r <= T-1
     x = _randint(u_t1, T - 1)  # [B, L] in [0, T-2]
     y = _randint(u_t2, T - 2)
     y = y + (y >= x).long()  # a second, distinct value in [0, T-2]
@@ -329,6 +337,62 @@ def build_trajectories(
     frames = torch.where(noisy[:, None] & (f < reveal_at[:, None]), tok, gold[:, None])  # [B, T, L]
     current = _randint(u_cur, T)  # [B]
     return SynthTrajectory(frames, kind, wrong_token, mask_at, reveal_at, current)
+
+
+def trajectories_from_corruption(
+    targets: torch.Tensor,  # [B, L]
+    corrupted: torch.Tensor,  # [B, L]
+    mask_id: int,
+    config: SynthConfig,
+    *,
+    seed: int = 0,
+    row_ids: torch.Tensor | None = None,  # [B]
+) -> SynthTrajectory:
+    """Trajectories from a given corruption instead of a drawn one (steps 3 of the module docstring).
+
+    Parameters
+    ----------
+    targets : int tensor ``[B, L]``
+        The gold sequences.
+    corrupted : int tensor ``[B, L]``
+        Frame 0: equal to ``targets`` on clean positions, ``mask_id`` on masked ones, any other id
+        on wrong ones (e.g. an image of another class where a target differs from it).
+    mask_id : int
+    config : SynthConfig
+        Only ``frames`` is used.
+    seed, row_ids :
+        As :func:`build_trajectories` (the same streams: a row's event frames depend on
+        ``(seed, row_ids[b])`` only).
+
+    Returns
+    -------
+    SynthTrajectory
+        Every differing position is noisy: masked ones revealed at ``r``, wrong ones ``M`` at ``a``
+        and gold at ``r`` (``1 <= a < r <= T - 1``).
+
+    Example
+    -------
+    >>> gold = torch.tensor([[1, 2, 3, 4]]); source = torch.tensor([[1, 7, 20, 4]])  # 7 wrong, 20 = mask
+    >>> traj = trajectories_from_corruption(gold, source, 20, SynthConfig(frames=6), seed=0)
+    >>> traj.frames.shape, traj.frames[0, 0].tolist(), traj.frames[0, -1].tolist()
+    (torch.Size([1, 6, 4]), [1, 7, 20, 4], [1, 2, 3, 4])
+    """
+    check_tensor("targets", targets, dtypes=INT_DTYPES, ndim=2)
+    check_tensor("corrupted", corrupted, dtypes=INT_DTYPES, ndim=2)
+    if corrupted.shape != targets.shape:
+        raise ValueError(f"corrupted shape {tuple(corrupted.shape)} != targets shape {tuple(targets.shape)}")
+    gold, src = targets.long(), corrupted.long()
+    if bool((gold == mask_id).any()):
+        raise ValueError(f"targets hold the mask id {mask_id} (gold must be a real token)")
+    B, L = gold.shape
+    T = int(config.frames)
+    dev = gold.device
+    counters = torch.arange(B, device=dev) if row_ids is None else row_ids.to(dev)
+    u = uniform_noise(seed, counters, 5 * L + 2)  # [B, 5L + 2], the streams of build_trajectories
+    _, _, _, u_t1, u_t2 = u[:, : 5 * L].reshape(B, 5, L).unbind(1)
+    kind = torch.where(src == gold, KIND_CLEAN, torch.where(src == mask_id, KIND_MASKED, KIND_WRONG))
+    wrong_token = torch.where(kind == KIND_WRONG, src, gold)
+    return _event_frames(gold, kind, wrong_token, u_t1, u_t2, u[:, 5 * L], T, int(mask_id))
 
 
 def make_batch(

@@ -1,69 +1,19 @@
-"""Sudoku model checkpoints: a TinyMDM (and optional HistoryNorm) in one safetensors file + JSON metadata.
-
-``<path>.safetensors`` holds the model tensors (``model.*``) and, for History Reference variants,
-the HER LayerNorm (``history_norm.weight`` / ``.bias``); ``<path>.json`` next to it holds the model
-config, the decoding settings of the variant, seeds, commands and wall time. Writes are atomic
-(:func:`rmkernels._utils.atomic_write`), so a reader never sees a half-written checkpoint.
-"""
+"""Sudoku model checkpoints: the shared TinyMDM checkpoint format (:mod:`rmkernels.models.checkpoint`:
+one safetensors file + JSON metadata, written atomically); files without a model config are the
+first Sudoku models (vocabulary 10, 81 cells)."""
 from __future__ import annotations
-
-import json
-import os
 
 import torch
 
-from rmkernels._utils import atomic_write
-from rmkernels.history import HistoryNorm
-from rmkernels.models import TinyMDM, TinyMDMConfig
+from rmkernels.models import TinyMDMConfig
+from rmkernels.models import checkpoint as shared
+from rmkernels.models.checkpoint import save_checkpoint
 
-
-def _stem(path: str) -> str:
-    return path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-
-
-def save_checkpoint(path: str, model: TinyMDM, metadata: dict | None = None,
-                    history_norm: HistoryNorm | None = None, dtype: torch.dtype = torch.float32) -> str:
-    """Write ``<stem>.safetensors`` (tensors stored in ``dtype``) and ``<stem>.json``, atomically.
-
-    Parameters
-    ----------
-    path : str
-        ``<stem>.safetensors`` or ``<stem>``.
-    model : TinyMDM
-    metadata : dict, optional
-        JSON-serialisable; the model config is added.
-    history_norm : HistoryNorm, optional
-    dtype : torch.dtype
-        Storage dtype of the tensors.
-
-    Returns
-    -------
-    str
-        The ``.safetensors`` path.
-
-    Example
-    -------
-    >>> save_checkpoint("runs/x/model.safetensors", model, {"variant": "full"}, norm)  # doctest: +SKIP
-    'runs/x/model.safetensors'
-    """
-    from safetensors.torch import save_file
-
-    stem = _stem(path)
-    tensors = {f"model.{k}": v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    if history_norm is not None:
-        tensors["history_norm.weight"] = history_norm.weight.detach().to("cpu", dtype).contiguous()
-        tensors["history_norm.bias"] = history_norm.bias.detach().to("cpu", dtype).contiguous()
-    meta = dict(metadata or {})
-    meta["model_config"] = model.config.to_dict()
-    if history_norm is not None:
-        meta["history_norm_eps"] = history_norm.eps
-    atomic_write(stem + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write(stem + ".json", json.dumps(meta, indent=2) + "\n")
-    return stem + ".safetensors"
+SUDOKU_DEFAULT_CONFIG = TinyMDMConfig(vocab_size=10, max_len=81)
 
 
 def load_checkpoint(path: str, device="cpu"):
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load a Sudoku checkpoint (:func:`rmkernels.models.checkpoint.load_checkpoint`).
 
     Parameters
     ----------
@@ -83,35 +33,12 @@ def load_checkpoint(path: str, device="cpu"):
     >>> meta["variant"], norm is not None
     ('full', True)
     """
-    from safetensors.torch import load_file
-
-    stem = _stem(path)
-    if not os.path.exists(stem + ".safetensors"):
-        raise ValueError(f"checkpoint {stem + '.safetensors'!r} does not exist")
-    meta = {}
-    if os.path.exists(stem + ".json"):
-        with open(stem + ".json") as f:
-            meta = json.load(f)
-    tensors = load_file(stem + ".safetensors", device=str(device))
-    model_sd = {k[len("model."):]: v.float() for k, v in tensors.items() if k.startswith("model.")}
-    cfg = TinyMDMConfig(**meta["model_config"]) if "model_config" in meta else TinyMDMConfig(vocab_size=10, max_len=81)
-    model = TinyMDM(cfg).to(device)
-    model.load_state_dict(model_sd)
-    model.eval()
-    norm = None
-    if "history_norm.weight" in tensors:
-        w = tensors["history_norm.weight"]
-        norm = HistoryNorm(w.numel(), eps=float(meta.get("history_norm_eps", 1e-5)), device=device)
-        with torch.no_grad():
-            norm.weight.copy_(w.float())
-            norm.bias.copy_(tensors["history_norm.bias"].float())
-        norm.eval()
-    return model, norm, meta
+    return shared.load_checkpoint(path, device, default_config=SUDOKU_DEFAULT_CONFIG)
 
 
 def export_checkpoint(src: str, dst: str, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> str:
-    """Re-save a checkpoint (e.g. a training run's) with tensors stored in ``dtype`` and ``extra``
-    metadata merged in (``rmk sudoku train export``).
+    """Re-save a checkpoint with tensors stored in ``dtype`` and ``extra`` metadata merged in
+    (``rmk sudoku train export``; :func:`rmkernels.models.checkpoint.export_checkpoint`).
 
     Parameters
     ----------
@@ -130,9 +57,7 @@ def export_checkpoint(src: str, dst: str, dtype: torch.dtype = torch.float16, ex
     >>> export_checkpoint("runs/anch1_full/s2b/model.safetensors", "sudoku_full.safetensors")  # doctest: +SKIP
     'sudoku_full.safetensors'
     """
-    model, norm, meta = load_checkpoint(src)
-    meta.update(extra or {}, stored_dtype=str(dtype).replace("torch.", ""))
-    return save_checkpoint(dst, model, meta, history_norm=norm, dtype=dtype)
+    return shared.export_checkpoint(src, dst, dtype, extra, default_config=SUDOKU_DEFAULT_CONFIG)
 
 
 __all__ = ["export_checkpoint", "load_checkpoint", "save_checkpoint"]

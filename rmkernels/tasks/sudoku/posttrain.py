@@ -37,20 +37,14 @@ import numpy as np
 import torch
 
 from rmkernels.history import HistoryNorm
-from rmkernels._utils import atomic_write
 from rmkernels.tasks.sudoku.checkpoint import load_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.synth import SudokuRMData
+from rmkernels.training.variants import HISTORY_STEPS, VARIANTS, her_gain, variant_settings
+from rmkernels.training.variants import claim_run_dir
 
-HISTORY_STEPS = 6
 ONPOLICY_LABELS = ("solution", "canonical", "anchored")
-VARIANTS = {  # name -> (history_steps, use decay, rotate)
-    "rm": (0, False, False),
-    "rm_hist": (HISTORY_STEPS, False, False),
-    "rm_hist_decay": (HISTORY_STEPS, True, False),
-    "full": (HISTORY_STEPS, True, True),
-}
 
 
 @dataclass
@@ -87,41 +81,6 @@ class PostTrainConfig:
     # nearest to the input) or "anchored" (of those grids, the one nearest the state the decoder stopped in,
     # ties to the grid keeping its earliest digits); rmkernels.tasks.sudoku.ceiling.canonical_solutions, needs ortools
     onpolicy_labels: str = "solution"
-
-
-def _claim_run_dir(out_dir: str, run: dict) -> None:
-    """Record ``run`` in ``out_dir/run.json``; a directory holding another run is refused, since the
-    trainer resumes from whatever checkpoints ``out_dir`` holds."""
-    path = os.path.join(out_dir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            held = json.load(f)
-        if held != json.loads(json.dumps(run)):
-            diff = sorted(k for k in set(held.get("config", {})) | set(run["config"])
-                          if held.get("config", {}).get(k) != run["config"].get(k))
-            diff += [k for k in ("variant", "base") if held.get(k) != run[k]]
-            raise ValueError(f"out_dir {out_dir} holds a run with other settings ({', '.join(diff)}); "
-                             "use a new out_dir, or the same settings to resume it")
-        return
-    atomic_write(path, json.dumps(run, indent=1))  # creates out_dir
-
-
-def variant_settings(variant: str, decay: float) -> dict:
-    """The History Reference settings (training and decoding) of a variant."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    steps, use_decay, rotate = VARIANTS[variant]
-    return {"history_steps": steps, "history_decay": float(decay) if use_decay else 0.0, "history_rotate": rotate}
-
-
-def her_gain(spec: str, model) -> float:
-    """Initial HER gain: ``"rms"`` = the RMS of the token embeddings the residual is added to."""
-    if spec == "rms":
-        return float(model.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
-    try:
-        return float(spec)
-    except ValueError:
-        raise ValueError(f"her_gain must be 'rms' or a number, got {spec!r}") from None
 
 
 @torch.no_grad()
@@ -181,7 +140,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         if norm is not None:
             with torch.no_grad():
                 norm.weight.fill_(her_gain(cfg.her_gain, model))
-    _claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
+    claim_run_dir(out_dir, {"variant": variant, "base": base_path, "config": asdict(cfg)})
     for p in model.parameters():
         p.requires_grad_(True)
     rng = split_rng("train", cfg.data_seed)

@@ -6,7 +6,7 @@ whole window), each noisy position wrong with probability ``wrong_fraction`` (th
 drawn uniformly from the frozen base model's top-k, gold and mask excluded) or masked; a
 ``frames``-step synthetic trajectory and oracle labels (:mod:`rmkernels.training`): reveal ``M``
 -> gold, re-mask wrong -> ``M``, keep correct. They differ only in History Reference
-(:data:`rmkernels.tasks.common.VARIANTS`: ``rm`` none; ``rm_hist`` 6 states; ``rm_hist_decay``
+(:data:`rmkernels.training.variants.VARIANTS`: ``rm`` none; ``rm_hist`` 6 states; ``rm_hist_decay``
 with decay; ``full`` with decay and rotation).
 
 One addition for text (:class:`TextRMData`): in SPEC §4 trajectories a wrong token is there from
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rmkernels.history import HistoryNorm
-from rmkernels.tasks.common import HISTORY_STEPS, claim_run_dir, her_gain, variant_settings
+from rmkernels.training.variants import HISTORY_STEPS, claim_run_dir, her_gain, variant_settings
 from rmkernels.tasks.text.checkpoint import load_checkpoint, save_checkpoint
 from rmkernels.tasks.text.data import GEN_LENGTH, full_rows
 from rmkernels.tasks.text.tokenizer import MASK_ID, VOCAB_SIZE

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from rmkernels._utils import atomic_write
-from rmkernels.tasks.common import add_dataclass_args, claim_run_dir, lr_at
+from rmkernels.tasks.common import add_dataclass_args, lr_at
+from rmkernels.training.variants import claim_run_dir
 from rmkernels.tasks.text.checkpoint import load_checkpoint, new_model, save_checkpoint
 from rmkernels.tasks.text.data import PROMPT_WIDTH, full_rows
 from rmkernels.tasks.text.problems import generate_problems, random_expression, split_of
@@ -231,7 +232,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from rmkernels.tasks.common import VARIANTS
+    from rmkernels.training.variants import VARIANTS
     from rmkernels.tasks.text.posttrain import PostTrainConfig
 
     p = p or argparse.ArgumentParser(prog="python -m rmkernels.tasks.text.train")
