@@ -49,7 +49,8 @@ for k in 4 8 2; do
     $PY text eval --threads 1 --variant "$2" --sampler "$3" --tokens-per-step $k \
       --json "$RESULTS/test1000/$1_K$k.json" > "$RESULTS/test1000/$1_K$k.md"
   done
-  python3 experiments/text/combine.py "$RESULTS"/test1000/*_K$k.json \
+  python3 experiments/text/combine.py $(for n in base_lc base_conf rm rm_hist full rm_hist_decay; do
+      echo "$RESULTS/test1000/${n}_K$k.json"; done) \
     --json "$RESULTS/test1000/ordering_K$k.json" --md "$RESULTS/test1000/ordering_K$k.md"
 done
 $PY text eval --threads 1 --variant base --sampler low_confidence --tokens-per-step 1 \
