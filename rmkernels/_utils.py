@@ -235,3 +235,61 @@ def atomic_write(path, content) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_write_dir(path, write) -> str:
+    """Write a directory so that a reader sees the old directory or the whole new one, never a part.
+
+    ``write(tmp_dir)`` fills a temporary folder next to ``path`` (files synced to disk), which then
+    replaces ``path``: renamed onto it when there is none, else the old one is first renamed aside
+    and removed after the swap (a reader between the two renames finds no directory, never a
+    mixed one). The companion of :func:`atomic_write` for checkpoint directories (a Hugging Face
+    ``save_pretrained`` folder).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination directory.
+    write : callable
+        ``write(tmp_dir)`` writes the directory's files.
+
+    Returns
+    -------
+    str
+        ``path``, as a string.
+
+    Example
+    -------
+    >>> atomic_write_dir("out/model", lambda d: open(os.path.join(d, "config.json"), "w").write("{}"))  # doctest: +SKIP
+    'out/model'
+    """
+    import shutil
+    import tempfile
+
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_" + name)
+    old = None
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700
+        for entry in os.listdir(tmp):
+            f = os.path.join(tmp, entry)
+            if os.path.isfile(f):
+                os.chmod(f, 0o666 & ~umask)
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=".old_" + name)
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return path

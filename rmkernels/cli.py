@@ -12,6 +12,7 @@ import sys
 # rmk <name>: (module, function adding the sub-parser); `rmk --help` lists them in this order
 TASKS = {
     "sudoku": ("rmkernels.tasks.sudoku.cli", "add_sudoku_parser"),
+    "text": ("rmkernels.tasks.text.cli", "add_text_parser"),
     "image": ("rmkernels.tasks.image.cli", "add_image_parser"),
 }
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from rmkernels._utils import INT_DTYPES, check_index, check_tensor
+from rmkernels.decode.model import as_rm_model
 from rmkernels.reference.loss import PART_IGNORE, PART_KEEP, PART_MASK, PART_REVEAL
 from rmkernels.reference.rng import uniform_noise
 
@@ -220,7 +221,7 @@ def _wrong_from_model(base_model, state, gold, wrong, u, mask_id, V, config):
     was_training = base_model.training
     base_model.eval()
     try:
-        logits = base_model(input_ids=state.to(device))  # [B, L, V]
+        logits = as_rm_model(base_model)(input_ids=state.to(device))  # [B, L, V] (.logits outputs unwrapped)
     finally:
         base_model.train(was_training)
     if logits.shape[-1] != V:

@@ -60,16 +60,17 @@ def her_gain(spec: str, model) -> float:
 
 
 def claim_run_dir(out_dir: str, run: dict) -> None:
-    """Record ``run`` (``variant``, ``base``, ``config``) in ``out_dir/run.json``; a directory holding
-    another run is refused, since the trainer resumes from whatever checkpoints ``out_dir`` holds."""
+    """Record ``run`` (e.g. ``variant``, ``base``, ``config``) in ``out_dir/run.json``; a directory
+    holding another run is refused, naming the settings that differ, since the trainers resume from
+    whatever checkpoints ``out_dir`` holds (every task's pretraining and post-training runs)."""
     path = os.path.join(out_dir, "run.json")
     if os.path.exists(path):
         with open(path) as f:
             held = json.load(f)
         if held != json.loads(json.dumps(run)):
-            diff = sorted(k for k in set(held.get("config", {})) | set(run["config"])
-                          if held.get("config", {}).get(k) != run["config"].get(k))
-            diff += [k for k in ("variant", "base") if held.get(k) != run.get(k)]
+            diff = sorted(k for k in set(held.get("config", {})) | set(run.get("config", {}))
+                          if held.get("config", {}).get(k) != run.get("config", {}).get(k))
+            diff += sorted(k for k in set(held) | set(run) if k != "config" and held.get(k) != run.get(k))
             raise ValueError(f"out_dir {out_dir} holds a run with other settings ({', '.join(diff)}); "
                              "use a new out_dir, or the same settings to resume it")
         return

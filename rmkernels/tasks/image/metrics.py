@@ -7,11 +7,11 @@ per-instance values for paired comparisons.
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
 
+from rmkernels.tasks.common import paired_stats
 from rmkernels.tasks.image.data import MASK_ID, load_split
 
 
@@ -111,8 +111,8 @@ def paired(a, b) -> dict:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"paired needs two equal 1-D arrays of >= 2 instances, got {a.shape} and {b.shape}")
-    d = b - a
-    return {"diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
+    diff, se = paired_stats(b - a)
+    return {"diff": diff, "se": se}
 
 
 def beyond(diff: float, se: float, better: str, z: float = 2.0) -> str:

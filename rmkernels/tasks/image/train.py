@@ -43,6 +43,7 @@ from rmkernels.models.checkpoint import export_checkpoint, load_checkpoint, save
 from rmkernels.reference.loss import PART_IGNORE, PART_REVEAL
 from rmkernels.tasks.image.data import (
     CLASSES, LEVELS, MASK_ID, PIXELS, SEQ_LEN, VOCAB_SIZE, load_split, make_instances, shift_images, to_tokens)
+from rmkernels.tasks.common import add_dataclass_args
 from rmkernels.training.variants import HISTORY_STEPS, VARIANTS, claim_run_dir, her_gain, variant_settings
 
 
@@ -385,12 +386,6 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
 
 
 # ---------------------------------------------------------------------------------------------
-def _add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    for name, field in cls.__dataclass_fields__.items():
-        p.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix.replace("-", "_") + name,
-                       type=type(field.default), default=field.default)
-
-
 def _config(cls, args, prefix: str = ""):
     return cls(**{k: getattr(args, prefix + k) for k in cls.__dataclass_fields__})
 
@@ -401,13 +396,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     b = sub.add_parser("base", help="pretrain the base MDM on the train images")
     b.add_argument("--out", required=True, help="run directory (checkpoint, trainer states, metrics)")
     b.add_argument("--threads", type=int, default=1)
-    _add_dataclass_args(b, PretrainConfig)
+    add_dataclass_args(b, PretrainConfig)
     v = sub.add_parser("variant", help="post-train one RM variant from the base MDM")
     v.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     v.add_argument("--base", required=True, help="base MDM checkpoint (.safetensors)")
     v.add_argument("--out", required=True)
     v.add_argument("--threads", type=int, default=1)
-    _add_dataclass_args(v, PostTrainConfig)
+    add_dataclass_args(v, PostTrainConfig)
     e = sub.add_parser("export", help="re-save a checkpoint for shipping (fp16 storage by default)")
     e.add_argument("--src", required=True)
     e.add_argument("--dst", required=True)
@@ -417,8 +412,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     a.add_argument("--ship", action="store_true", help="export into the package assets (else OUT/export)")
     a.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants to train")
     a.add_argument("--threads", type=int, default=1)
-    _add_dataclass_args(a, PretrainConfig, "base-")
-    _add_dataclass_args(a, PostTrainConfig, "rm-")
+    add_dataclass_args(a, PretrainConfig, "base-")
+    add_dataclass_args(a, PostTrainConfig, "rm-")
     return p
 
 

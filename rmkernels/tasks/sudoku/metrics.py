@@ -21,6 +21,7 @@ import math
 import torch
 
 from rmkernels.decode.trajectory import replay_statistics
+from rmkernels.tasks.common import verdict
 from rmkernels.tasks.sudoku.grids import MASK_ID, conflict_cells, grid_clusters, is_valid
 
 COLUMNS = (
@@ -151,14 +152,6 @@ def paired_difference(final_a, final_b, solution, clusters=None) -> dict:
             "conflicts_diff": float(d_conf.mean()), "conflicts_diff_se": se(d_conf)}
 
 
-def _verdict(diff: float, se: float, relation: str, z: float) -> str:
-    if diff > z * se:
-        return "holds"
-    if diff < -z * se:
-        return "reversed"
-    return f"unresolved (within {z:g} SE)" if relation == "<" else f"not contradicted (within {z:g} SE)"
-
-
 def ablation_ordering(finals: dict, solution, z: float = 2.0, clusters=None) -> list:
     """The published ordering's relations (``ORDERING``) between the systems in ``finals``
     (``{name: final boards [N, 81]}``), each a :func:`paired_difference` (b minus a) with a verdict
@@ -171,7 +164,7 @@ def ablation_ordering(finals: dict, solution, z: float = 2.0, clusters=None) -> 
     for a, b, relation in ORDERING:
         if a in finals and b in finals:
             d = paired_difference(finals[a], finals[b], solution, clusters)
-            d.update(a=a, b=b, relation=relation, verdict=_verdict(d["exact_diff_pct"], d["exact_diff_se_pct"], relation, z))
+            d.update(a=a, b=b, relation=relation, verdict=verdict(d["exact_diff_pct"], d["exact_diff_se_pct"], relation, z))
             out.append(d)
     return out
 

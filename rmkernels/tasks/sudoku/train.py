@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from rmkernels.models import TinyMDM, TinyMDMConfig
 from rmkernels._utils import atomic_write
+from rmkernels.tasks.common import add_dataclass_args, lr_at
 from rmkernels.tasks.sudoku.checkpoint import export_checkpoint, save_checkpoint
 from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import CELLS, MASK_ID, VOCAB_SIZE, sample_grids, seed_grids
@@ -54,14 +54,6 @@ class PretrainConfig:
     eval_every: int = 500
     ckpt_every: int = 500
     val_boards: int = 512
-
-
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
 def mask_batch(grids: np.ndarray, rng: np.random.Generator):
@@ -164,11 +156,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print, resume: bool = True, 
     return os.path.join(out_dir, "model.safetensors")
 
 
-def _add_dataclass_args(p: argparse.ArgumentParser, cls) -> None:
-    for name, field in cls.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default)
-
-
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="python -m rmkernels.tasks.sudoku.train")
     sub = p.add_subparsers(dest="stage", required=True)
@@ -179,7 +166,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--no-resume", action="store_true")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_dataclass_args(b, PretrainConfig)
+    add_dataclass_args(b, PretrainConfig)
     v = sub.add_parser("variant", help="post-train one RM variant from the base MDM",
                        description="Reflective Masking post-training of one variant (rm, rm_hist, rm_hist_decay, "
                                    "full) from the base MDM (docs/spec.md §4, docs/sudoku.md 'Recipe').")
@@ -188,7 +175,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     v.add_argument("--out", required=True, help="run directory (checkpoint, trainer states, metrics)")
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_dataclass_args(v, PostTrainConfig)
+    add_dataclass_args(v, PostTrainConfig)
     e = sub.add_parser("export", help="re-save a checkpoint for shipping (fp16 storage by default)",
                        description="Re-save a checkpoint (model + HER norm + metadata) with its tensors stored in "
                                    "--dtype, e.g. into the package's assets to ship it.")
