@@ -175,6 +175,16 @@ def check_index(name: str, value, size: int, size_name: str = "V") -> int:
     return value
 
 
+def _sync_dir(folder: str) -> None:
+    """fsync a folder, so that a rename inside it survives a crash (where the OS allows it)."""
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 def atomic_write(path, content) -> str:
     """Write a file so that a reader sees the old file or the whole new one, never a part.
 
@@ -223,12 +233,7 @@ def atomic_write(path, content) -> str:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):
-            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        _sync_dir(folder)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -287,6 +292,7 @@ def atomic_write_dir(path, write) -> str:
             os.rmdir(old)
             os.replace(path, old)
         os.replace(tmp, path)
+        _sync_dir(parent)  # the renames survive a crash
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
