@@ -48,6 +48,50 @@ def variant_settings(variant: str, decay: float) -> dict:
     return {"history_steps": steps, "history_decay": float(decay) if use_decay else 0.0, "history_rotate": rotate}
 
 
+def variant_train_config(cfg, out_dir: str, settings: dict | None = None, *, keep_weight: float = 1.0,
+                         log_every: int = 0, progress: bool = False):
+    """The :class:`~rmkernels.training.TrainConfig` of a task's training run.
+
+    Parameters
+    ----------
+    cfg : a task's training config
+        Any object with ``lr``, ``weight_decay``, ``warmup``, ``steps``, ``min_lr_ratio``,
+        ``batch_size``, ``eval_every``, ``ckpt_every``, ``seed`` and ``kernels`` (the ``impl`` of the
+        loss and HER kernels).
+    out_dir : str
+        The run's folder; checkpoints go to ``out_dir/ckpt``.
+    settings : dict, optional
+        :func:`variant_settings` of the variant; ``None``: no History Reference (pretraining).
+    keep_weight : float
+        Loss weight of the keep part (reveal and mask parts weigh 1).
+    log_every, progress
+        As in ``TrainConfig``.
+
+    Returns
+    -------
+    TrainConfig
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> c = SimpleNamespace(lr=1e-3, weight_decay=0.01, warmup=10, steps=100, min_lr_ratio=0.1,
+    ...                     batch_size=8, eval_every=50, ckpt_every=50, seed=0, kernels="auto")
+    >>> variant_train_config(c, "runs/x", variant_settings("full", 0.5)).history_steps
+    6
+    """
+    from rmkernels.training.trainer import TrainConfig
+
+    settings = settings or {}
+    return TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, total_steps=cfg.steps,
+                       min_lr_ratio=cfg.min_lr_ratio, batch_size=cfg.batch_size, bf16=False,
+                       history_steps=settings.get("history_steps", 0),
+                       history_decay=settings.get("history_decay", 0.0),
+                       history_rotate=settings.get("history_rotate", False), log_every=log_every,
+                       eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"),
+                       seed=cfg.seed, progress=progress, loss_impl=cfg.kernels, history_impl=cfg.kernels,
+                       loss_weights=(1.0, 1.0, keep_weight))
+
+
 def her_gain(spec: str, model) -> float:
     """Initial HER LayerNorm gain: ``"rms"`` = the RMS of the token embeddings the residual is
     added to, or a number (``"0"``: the history variants start as the RM model)."""
@@ -77,4 +121,4 @@ def claim_run_dir(out_dir: str, run: dict) -> None:
     atomic_write(path, json.dumps(run, indent=1))  # creates out_dir
 
 
-__all__ = ["HISTORY_STEPS", "VARIANTS", "claim_run_dir", "her_gain", "variant_settings"]
+__all__ = ["HISTORY_STEPS", "VARIANTS", "claim_run_dir", "her_gain", "variant_settings", "variant_train_config"]

@@ -44,7 +44,8 @@ from rmkernels.reference.loss import PART_IGNORE, PART_REVEAL
 from rmkernels.tasks.image.data import (
     CLASSES, LEVELS, MASK_ID, PIXELS, SEQ_LEN, VOCAB_SIZE, load_split, make_instances, shift_images, to_tokens)
 from rmkernels.tasks.common import add_dataclass_args
-from rmkernels.training.variants import HISTORY_STEPS, VARIANTS, claim_run_dir, her_gain, variant_settings
+from rmkernels.training.variants import (HISTORY_STEPS, VARIANTS, claim_run_dir, her_gain, variant_settings,
+                                         variant_train_config)
 
 
 @dataclass
@@ -241,17 +242,11 @@ def fill_accuracy(model, ratios=(0.15, 0.5), seed: int = 0) -> dict:
     return out
 
 
-def _trainer(model, norm, data, cfg, out_dir: str, H: int, settings: dict, keep_weight: float, eval_fn):
-    from rmkernels.training import TrainConfig, Trainer
+def _trainer(model, norm, data, cfg, out_dir: str, settings: dict | None, keep_weight: float, eval_fn):
+    from rmkernels.training import Trainer
 
-    tcfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, total_steps=cfg.steps,
-                       min_lr_ratio=cfg.min_lr_ratio, batch_size=cfg.batch_size, bf16=False, history_steps=H,
-                       history_decay=settings.get("history_decay", 0.0),
-                       history_rotate=settings.get("history_rotate", False), log_every=0,
-                       eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"),
-                       seed=cfg.seed, progress=False, loss_impl=cfg.kernels, history_impl=cfg.kernels,
-                       loss_weights=(1.0, 1.0, keep_weight))
-    return Trainer(model, norm, data, tcfg, eval_fn=eval_fn)
+    return Trainer(model, norm, data, variant_train_config(cfg, out_dir, settings, keep_weight=keep_weight),
+                   eval_fn=eval_fn)
 
 
 def _finished(out_dir: str, steps: int) -> str | None:
@@ -310,7 +305,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print) -> str:
     t0, c0 = time.time(), time.process_time()
     wall0, cpu0 = _time_so_far(out_dir)
     write = _logger(out_dir, log, t0, cfg.eval_every)
-    trainer = _trainer(model, None, data, cfg, out_dir, 0, {}, 1.0, lambda tr: write(tr, fill_accuracy(tr.model)))
+    trainer = _trainer(model, None, data, cfg, out_dir, None, 1.0, lambda tr: write(tr, fill_accuracy(tr.model)))
     trainer.fit(resume=True)
     meta = {"kind": "base", "config": asdict(cfg), "command": " ".join(sys.argv), "steps": trainer.step,
             "wall_s": round(wall0 + time.time() - t0, 1), "cpu_s": round(cpu0 + time.process_time() - c0, 1),
@@ -375,7 +370,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     write = _logger(out_dir, log, t0, cfg.eval_every)
     hook = lambda tr: write(tr, val_stats(tr.model, tr.history_norm, settings, cfg.val_repair, cfg.val_edit,  # noqa: E731
                                           cfg.kernels))
-    trainer = _trainer(model, norm, data, cfg, out_dir, H, settings, cfg.keep_weight, hook)
+    trainer = _trainer(model, norm, data, cfg, out_dir, settings, cfg.keep_weight, hook)
     trainer.fit(resume=True)
     meta = {"kind": "rm_variant", "variant": variant, "decode": settings, "config": asdict(cfg),
             "synth": synth.to_dict(), "base": {"path": base_path, "config": base_meta.get("config"),

@@ -42,7 +42,7 @@ from rmkernels.tasks.sudoku.data import DEFAULT_SEED, make_boards, split_rng
 from rmkernels.tasks.sudoku.grids import DIGITS, MASK_ID, sample_grids, seed_grids
 from rmkernels.tasks.sudoku.synth import SudokuRMData
 from rmkernels.training.variants import HISTORY_STEPS, VARIANTS, her_gain, variant_settings
-from rmkernels.training.variants import claim_run_dir
+from rmkernels.training.variants import claim_run_dir, variant_train_config
 
 ONPOLICY_LABELS = ("solution", "canonical", "anchored")
 
@@ -112,7 +112,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     Every ``eval_every`` steps it logs the loss parts, :func:`detection_stats` and
     :func:`decode_stats` on ``val_boards`` boards of the val split (``metrics.jsonl``).
     """
-    from rmkernels.training import SynthConfig, TrainConfig, Trainer
+    from rmkernels.training import SynthConfig, Trainer
 
     settings = variant_settings(variant, cfg.decay)
     if not (math.isfinite(cfg.keep_weight) and cfg.keep_weight > 0):
@@ -186,13 +186,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
             f.write(json.dumps(row) + "\n")
         return row
 
-    tcfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, total_steps=cfg.steps,
-                       min_lr_ratio=cfg.min_lr_ratio, batch_size=cfg.batch_size, bf16=False,
-                       history_steps=H, history_decay=settings["history_decay"],
-                       history_rotate=settings["history_rotate"], log_every=0, eval_every=cfg.eval_every,
-                       ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
-                       progress=progress, loss_impl=cfg.kernels, history_impl=cfg.kernels,
-                       loss_weights=(1.0, 1.0, cfg.keep_weight))
+    tcfg = variant_train_config(cfg, out_dir, settings, keep_weight=cfg.keep_weight, progress=progress)
     trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
     trainer.fit(resume=True)
     meta = {

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rmkernels.history import HistoryNorm
-from rmkernels.training.variants import HISTORY_STEPS, claim_run_dir, her_gain, variant_settings
+from rmkernels.training.variants import HISTORY_STEPS, claim_run_dir, her_gain, variant_settings, variant_train_config
 from rmkernels.tasks.text.checkpoint import load_checkpoint, save_checkpoint
 from rmkernels.tasks.text.data import GEN_LENGTH, full_rows
 from rmkernels.tasks.text.tokenizer import MASK_ID, VOCAB_SIZE
@@ -121,7 +121,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
     """
     from rmkernels.tasks.text.problems import evaluate, generate_problems
     from rmkernels.tasks.text.train import val_stats
-    from rmkernels.training import SynthConfig, TrainConfig, Trainer
+    from rmkernels.training import SynthConfig, Trainer
 
     settings = variant_settings(variant, cfg.decay)
     if not (math.isfinite(cfg.keep_weight) and cfg.keep_weight > 0):
@@ -168,13 +168,7 @@ def posttrain(variant: str, base_path: str, out_dir: str, cfg: PostTrainConfig, 
         _prune(os.path.join(out_dir, "ckpt"))
         return row
 
-    tcfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, total_steps=cfg.steps,
-                       min_lr_ratio=cfg.min_lr_ratio, batch_size=cfg.batch_size, bf16=False,
-                       history_steps=H, history_decay=settings["history_decay"],
-                       history_rotate=settings["history_rotate"], log_every=10, eval_every=cfg.eval_every,
-                       ckpt_every=cfg.ckpt_every, ckpt_dir=os.path.join(out_dir, "ckpt"), seed=cfg.seed,
-                       progress=True, loss_impl=cfg.kernels, history_impl=cfg.kernels,
-                       loss_weights=(1.0, 1.0, cfg.keep_weight))
+    tcfg = variant_train_config(cfg, out_dir, settings, keep_weight=cfg.keep_weight, log_every=10, progress=True)
     trainer = Trainer(model, norm, data, tcfg, eval_fn=hook)
     trainer.fit(resume=True)
     _prune(os.path.join(out_dir, "ckpt"))
